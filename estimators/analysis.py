@@ -1,0 +1,217 @@
+"""One metric, every comparison: which estimators apply, and their results.
+
+:func:`analyze_metric` is the single place that decides which columns feed which
+estimator, so the batch CLI, the streaming query path and the API give identical numbers.
+Input is one :class:`~estimators.moments.MomentMatrix` per variation whose columns include
+the metric's outcome (or numerator and denominator), its covariates, the prediction and
+in-experiment candidates, as named by a :class:`MetricSpec`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from estimators import bayes
+from estimators.contrast import Contrast, Inference, NotEstimable, to_estimate, with_reduction
+from estimators.lin_crespo import lin_crespo, residual_by_covariates, residual_by_prediction
+from estimators.moments import MomentMatrix
+from estimators.records import BayesResult, CovariateCheck, Estimate
+from estimators.regression import adjusted, cupac, cuped, diff, mlrate
+from estimators.selection import balance_p_values, select_covariates
+from estimators.summary import ArmSummary, summarize, summarize_ratio
+
+MetricKind = Literal["binary", "numeric", "ratio"]
+ESTIMATORS = ("diff", "cuped", "cupac", "mlrate", "lin_crespo", "adjusted")
+PRIMARY_ORDER = ("adjusted", "cupac", "cuped", "diff")
+IMBALANCE_THRESHOLD = 0.001
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """Which moment-matrix columns make up a metric and its adjustment sets."""
+
+    name: str
+    kind: MetricKind
+    outcome: str | None = None  # binary / numeric
+    numerator: str | None = None  # ratio
+    denominator: str | None = None  # ratio
+    covariates: tuple[str, ...] = ()
+    prediction: str | None = None
+    in_experiment: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind == "ratio":
+            if not (self.numerator and self.denominator):
+                raise ValueError(f"ratio metric {self.name!r} needs numerator and denominator")
+        elif not self.outcome:
+            raise ValueError(f"metric {self.name!r} needs an outcome column")
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    alpha: float = 0.05
+    sequential_tuning: float = 5000.0
+    selection_alpha: float = 0.05
+    selection_holm: bool = False
+    prior_sigma: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if not 0.0 < self.selection_alpha < 1.0:
+            raise ValueError(f"selection_alpha must be in (0, 1), got {self.selection_alpha}")
+        if not self.sequential_tuning > 0:
+            raise ValueError(f"sequential_tuning must be > 0, got {self.sequential_tuning}")
+        if not self.prior_sigma > 0:
+            raise ValueError(f"prior_sigma must be > 0, got {self.prior_sigma}")
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    prediction_outcome_correlation: float | None = None
+    covariate_balance: tuple[CovariateCheck, ...] = ()
+    pre_period_imbalance: bool = False
+
+
+@dataclass(frozen=True)
+class Comparison:
+    treatment: str
+    control: str
+    estimators: dict[str, Estimate]
+    covariate_selection: tuple[CovariateCheck, ...]
+    bayes: BayesResult
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+    @property
+    def primary(self) -> Estimate:
+        """The recommended estimate: ``adjusted`` when it applies, else the best available."""
+        for name in PRIMARY_ORDER:
+            e = self.estimators.get(name)
+            if e is not None and e.ok and e.se:
+                return e
+        return self.estimators["diff"]
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    metric: str
+    kind: MetricKind
+    comparisons: tuple[Comparison, ...]
+
+
+def _summary(spec: MetricSpec, m: MomentMatrix, columns: Sequence[str]) -> ArmSummary:
+    if spec.kind == "ratio":
+        assert spec.numerator and spec.denominator
+        return summarize_ratio(m, spec.numerator, spec.denominator, columns)
+    assert spec.outcome
+    return summarize(m, spec.outcome, columns)
+
+
+def _run(name: str, fn: Callable[[], Contrast], inf: Inference) -> Estimate:
+    try:
+        return to_estimate(name, fn(), inf)
+    except NotEstimable as exc:
+        return Estimate(name, note=str(exc))
+
+
+def analyze_metric(spec: MetricSpec, arms: Mapping[str, MomentMatrix], control: str,
+                   settings: AnalysisSettings = AnalysisSettings()) -> MetricResult:
+    """Compare every non-control arm with ``control`` for one metric."""
+    if control not in arms:
+        raise KeyError(f"control {control!r} is not among the variations {list(arms)}")
+    comps = tuple(_compare(spec, arms[name], arms[control], name, control, settings)
+                  for name in arms if name != control)
+    return MetricResult(spec.name, spec.kind, comps)
+
+
+def _compare(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, treatment: str,
+             control: str, s: AnalysisSettings) -> Comparison:
+    inf = Inference(s.alpha, mt.n + mc.n, s.sequential_tuning)
+    pre = list(spec.covariates)
+    pred = [spec.prediction] if spec.prediction else []
+    cands = list(spec.in_experiment)
+
+    def pair(columns: Sequence[str]) -> tuple[ArmSummary, ArmSummary]:
+        return _summary(spec, mt, columns), _summary(spec, mc, columns)
+
+    out: dict[str, Estimate] = {"diff": _run("diff", lambda: diff(*pair([])), inf)}
+    if pre:
+        out["cuped"] = _run("cuped", lambda: cuped(*pair(pre)), inf)
+    if pred:
+        out["cupac"] = _run("cupac", lambda: cupac(*pair(pred)), inf)
+    if pre or pred:
+        out["mlrate"] = _run("mlrate", lambda: mlrate(*pair(pre + pred)), inf)
+
+    checks: tuple[CovariateCheck, ...] = ()
+    selected: list[str] = []
+    if cands:
+        zt, zc = summarize(mt, cands[0], cands[1:]), summarize(mc, cands[0], cands[1:])
+        checks = tuple(select_covariates(cands, zt, zc, s.selection_alpha, s.selection_holm))
+        selected = [c.name for c in checks if c.selected]
+        out["lin_crespo"] = _run("lin_crespo",
+                                 lambda: _lin_crespo(spec, mt, mc, pre, pred, selected), inf)
+    if pre or pred or cands:
+        out["adjusted"] = _run("adjusted", lambda: _adjusted(*pair(pre + pred + selected)), inf)
+
+    base = out["diff"]
+    out = {k: (v if k == "diff" else with_reduction(v, base)) for k, v in out.items()}
+    if base.ok and base.se:
+        out["diff"] = replace(base, variance_reduction=0.0, ci_width_ratio=1.0)
+    comp = Comparison(treatment, control, out, checks, _bayes(spec, out, mt, mc, s),
+                      _diagnostics(spec, mt, mc, pre + pred))
+    return comp
+
+
+def _adjusted(t: ArmSummary, c: ArmSummary) -> Contrast:
+    return adjusted(t, c) if t.k else diff(t, c)
+
+
+def _lin_crespo(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, pre: list[str],
+                pred: list[str], selected: list[str]) -> Contrast:
+    if pred:
+        t = residual_by_prediction(_summary(spec, mt, pred + selected))
+        c = residual_by_prediction(_summary(spec, mc, pred + selected))
+    elif pre:
+        t, c = residual_by_covariates(_summary(spec, mt, pre + selected),
+                                      _summary(spec, mc, pre + selected), len(pre))
+    else:
+        t, c = _summary(spec, mt, selected), _summary(spec, mc, selected)
+    return lin_crespo(t, c)
+
+
+def _bayes(spec: MetricSpec, out: dict[str, Estimate], mt: MomentMatrix, mc: MomentMatrix,
+           s: AnalysisSettings) -> BayesResult:
+    primary = Comparison("", "", out, (), BayesResult("", "")).primary
+    if spec.kind == "binary" and primary.estimator == "diff":
+        assert spec.outcome
+        i_t, i_c = mt.index(spec.outcome), mc.index(spec.outcome)
+        x_t = float(mt.mean[i_t]) * mt.n if mt.n else 0.0
+        x_c = float(mc.mean[i_c]) * mc.n if mc.n else 0.0
+        return bayes.beta_binomial(x_t, mt.n, x_c, mc.n, s.prior_sigma, s.alpha)
+    if not primary.ok or primary.treatment_mean is None or primary.control_mean is None:
+        return BayesResult("normal-normal", primary.estimator,
+                           note=primary.note or "no estimate available")
+    v_t, v_c = (primary.treatment_se or 0.0) ** 2, (primary.control_se or 0.0) ** 2
+    return bayes.normal_normal(primary.treatment_mean, v_t, primary.control_mean, v_c,
+                               s.prior_sigma, s.alpha, primary.estimator)
+
+
+def _diagnostics(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix,
+                 pre: list[str]) -> Diagnostics:
+    if not pre or mt.n < 2 or mc.n < 2:
+        return Diagnostics()
+    t, c = _summary(spec, mt, pre), _summary(spec, mc, pre)
+    ps = balance_p_values(t, c)[1:]
+    checks = tuple(CovariateCheck(n, p if math.isfinite(p) else None, False)
+                   for n, p in zip(pre, ps, strict=True))
+    corr = None
+    if spec.prediction:
+        both = (mt + mc)
+        sm = _summary(spec, both, [spec.prediction])
+        denom = math.sqrt(sm.cov[0, 0] * sm.cov[1, 1]) if sm.n > 1 else 0.0
+        corr = float(sm.cov[0, 1] / denom) if denom > 0 else None
+    imbalance = any(ch.p_value is not None and ch.p_value < IMBALANCE_THRESHOLD for ch in checks)
+    return Diagnostics(corr, checks, imbalance)

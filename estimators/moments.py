@@ -1,0 +1,187 @@
+"""Sufficient statistics: the shifted moment matrix of unit vectors.
+
+A unit contributes the vector ``u = (1, v_1 .. v_d)`` (metric values, covariates, prediction,
+in-experiment covariates). A :class:`MomentMatrix` holds ``Σ (u − s)(u − s)ᵀ`` with a fixed
+shift ``s = (0, s_1 .. s_d)``, so
+
+* ``n``, means and covariances follow exactly,
+* two shards merge with ``+`` (re-centred if their shifts differ),
+* adding and removing one unit is exact, so a unit's vector may change or be withdrawn,
+* shifting by a value near the mean keeps float64 sums well conditioned (Welford's point,
+  without his recursion): covariances agree with a two-pass computation to ~1e-12
+  even when a mean is 10³ standard deviations away from zero.
+
+>>> import numpy as np
+>>> a = MomentMatrix.from_rows(("y",), np.array([[1.0], [2.0]]))
+>>> b = MomentMatrix.from_rows(("y",), np.array([[4.0]]))
+>>> m = a + b
+>>> (m.n, float(m.mean[0]), float(m.cov[0, 0]))
+(3, 2.333333333333333, 2.3333333333333335)
+>>> (m - b).n
+2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True, eq=False)
+class MomentMatrix:
+    """``Σ (u − s)(u − s)ᵀ`` over units, ``u = (1, v)``; index 0 is the constant."""
+
+    names: tuple[str, ...]
+    shift: FloatArray  # (d,)
+    sums: FloatArray  # (d + 1, d + 1), symmetric
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def empty(cls, names: Sequence[str], shift: Sequence[float] | FloatArray | None = None
+              ) -> MomentMatrix:
+        d = len(names)
+        s = np.zeros(d) if shift is None else np.asarray(shift, dtype=np.float64).copy()
+        if s.shape != (d,):
+            raise ValueError(f"shift has shape {s.shape}, expected ({d},)")
+        return cls(tuple(names), s, np.zeros((d + 1, d + 1)))
+
+    @classmethod
+    def from_rows(cls, names: Sequence[str], rows: FloatArray,
+                  shift: Sequence[float] | FloatArray | None = None) -> MomentMatrix:
+        """One pass over raw rows (n × d). Default shift: the first row."""
+        x = np.asarray(rows, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(names):
+            raise ValueError(f"rows have shape {x.shape}, expected (n, {len(names)})")
+        if shift is None:
+            s = x[0].copy() if len(x) else np.zeros(len(names))
+        else:
+            s = np.asarray(shift, dtype=np.float64).copy()
+        u = np.empty((x.shape[0], x.shape[1] + 1))
+        u[:, 0] = 1.0
+        u[:, 1:] = x - s
+        return cls(tuple(names), s, u.T @ u)
+
+    @classmethod
+    def from_array(cls, names: Sequence[str], flat: Sequence[float] | FloatArray) -> MomentMatrix:
+        """Inverse of :meth:`to_array`: ``shift`` then the upper triangle, row-major."""
+        d = len(names)
+        a = np.asarray(flat, dtype=np.float64)
+        expected = cls.array_length(d)
+        if a.shape != (expected,):
+            raise ValueError(f"flat array has {a.size} values, expected {expected} for {d} columns")
+        sums = np.zeros((d + 1, d + 1))
+        iu = np.triu_indices(d + 1)
+        sums[iu] = a[d:]
+        sums.T[iu] = a[d:]
+        return cls(tuple(names), a[:d].copy(), sums)
+
+    @staticmethod
+    def array_length(d: int) -> int:
+        return d + (d + 1) * (d + 2) // 2
+
+    def to_array(self) -> FloatArray:
+        iu = np.triu_indices(len(self.names) + 1)
+        return np.concatenate([self.shift, self.sums[iu]])
+
+    # -- algebra --------------------------------------------------------------------------
+    def recentred(self, shift: FloatArray) -> MomentMatrix:
+        """The same statistics accumulated around another shift (exact algebra)."""
+        new = np.asarray(shift, dtype=np.float64)
+        if np.array_equal(new, self.shift):
+            return self
+        d = len(self.names)
+        a = np.eye(d + 1)
+        a[1:, 0] = self.shift - new  # (u − s') = (u − s) + (s − s')
+        return MomentMatrix(self.names, new.copy(), a @ self.sums @ a.T)
+
+    def __add__(self, other: MomentMatrix) -> MomentMatrix:
+        self._check_compatible(other)
+        o = other.recentred(self.shift)
+        return MomentMatrix(self.names, self.shift, self.sums + o.sums)
+
+    def __sub__(self, other: MomentMatrix) -> MomentMatrix:
+        self._check_compatible(other)
+        o = other.recentred(self.shift)
+        return MomentMatrix(self.names, self.shift, self.sums - o.sums)
+
+    def update(self, values: Sequence[float] | FloatArray) -> MomentMatrix:
+        """Add one unit."""
+        return MomentMatrix(self.names, self.shift, self.sums + self.unit_delta(None, values))
+
+    def revert(self, values: Sequence[float] | FloatArray) -> MomentMatrix:
+        """Remove one unit previously added with the same values."""
+        return MomentMatrix(self.names, self.shift, self.sums - self.unit_delta(None, values))
+
+    def unit_delta(self, old: Sequence[float] | FloatArray | None,
+                   new: Sequence[float] | FloatArray | None) -> FloatArray:
+        """``u'u'ᵀ − uuᵀ`` in this matrix's shifted coordinates (``None`` = absent)."""
+        d = len(self.names)
+        out = np.zeros((d + 1, d + 1))
+        for sign, values in ((1.0, new), (-1.0, old)):
+            if values is None:
+                continue
+            u = np.empty(d + 1)
+            u[0] = 1.0
+            u[1:] = np.asarray(values, dtype=np.float64) - self.shift
+            out += sign * np.outer(u, u)
+        return out
+
+    def select(self, names: Sequence[str]) -> MomentMatrix:
+        """The sub-matrix of the named columns."""
+        idx = [self.index(n) for n in names]
+        full = [0, *(i + 1 for i in idx)]
+        return MomentMatrix(tuple(names), self.shift[idx].copy(), self.sums[np.ix_(full, full)])
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"no column {name!r} in moment matrix {self.names}") from None
+
+    def _check_compatible(self, other: MomentMatrix) -> None:
+        if self.names != other.names:
+            raise ValueError(f"cannot combine columns {self.names} with {other.names}")
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return round(float(self.sums[0, 0]))
+
+    @property
+    def centred_sums(self) -> FloatArray:
+        """``Σ (v − s)`` per column."""
+        return self.sums[0, 1:]
+
+    @property
+    def mean(self) -> FloatArray:
+        n = self.sums[0, 0]
+        if n <= 0:
+            return np.full(len(self.names), np.nan)
+        return self.shift + self.sums[0, 1:] / n
+
+    @property
+    def scatter(self) -> FloatArray:
+        """``Σ (v − v̄)(v − v̄)ᵀ``."""
+        n = self.sums[0, 0]
+        if n <= 0:
+            return np.zeros((len(self.names), len(self.names)))
+        t = self.sums[0, 1:]
+        out: FloatArray = self.sums[1:, 1:] - np.outer(t, t) / n
+        return out
+
+    @property
+    def cov(self) -> FloatArray:
+        """Sample covariance (n − 1 denominator); NaN below two units."""
+        n = self.sums[0, 0]
+        if n < 2:
+            return np.full((len(self.names), len(self.names)), np.nan)
+        out: FloatArray = self.scatter / (n - 1)
+        return out
+
+    def __repr__(self) -> str:
+        return f"MomentMatrix(n={self.n}, names={self.names})"

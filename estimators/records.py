@@ -1,0 +1,97 @@
+"""Result records: small, immutable, snake_case, serialisable with :func:`as_dict`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One estimator's treatment-vs-control comparison.
+
+    Fields are ``None`` (and ``note`` says why) when the estimate cannot be computed.
+    ``treatment_mean``/``control_mean`` are the (adjusted) arm means the effect is built on.
+    """
+
+    estimator: str
+    effect: float | None = None
+    se: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    rel_effect: float | None = None
+    rel_ci_low: float | None = None
+    rel_ci_high: float | None = None
+    seq_ci_low: float | None = None
+    seq_ci_high: float | None = None
+    seq_p_value: float | None = None
+    variance_reduction: float | None = None
+    ci_width_ratio: float | None = None
+    r_squared: float | None = None
+    treatment_mean: float | None = None
+    control_mean: float | None = None
+    treatment_se: float | None = None
+    control_se: float | None = None
+    adjusted_p_value: float | None = None
+    biased: bool = False
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.effect is not None and self.se is not None
+
+
+@dataclass(frozen=True)
+class CovariateCheck:
+    """Balance test of one in-experiment candidate (Welch) and whether it was used."""
+
+    name: str
+    p_value: float | None
+    selected: bool
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class BayesResult:
+    """Posterior means (LaunchDarkly's precision-weight formulas) and decision quantities."""
+
+    model: str  # "normal-normal" | "beta-binomial"
+    estimator: str
+    control_posterior_mean: float | None = None
+    treatment_posterior_mean: float | None = None
+    precision_weight: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    chance_to_beat_control: float | None = None
+    expected_loss: float | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class SrmResult:
+    """Sample-ratio mismatch: χ² p-value and the anytime-valid Dirichlet–multinomial one."""
+
+    p_value: float | None
+    sequential_p_value: float | None
+    flagged: bool
+    expected_weights: tuple[float, ...] = field(default_factory=tuple)
+    note: str | None = None
+
+
+def clean(value: Any) -> Any:
+    """Replace non-finite floats by ``None`` so documents are valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return value
+
+
+def as_dict(record: Any) -> dict[str, Any]:
+    """A record as a JSON-ready dict."""
+    out: dict[str, Any] = clean(asdict(record))
+    return out

@@ -1,0 +1,82 @@
+"""The result document: one JSON shape for ``liftstream analyze``, ``results`` and the API.
+
+>>> doc = slice_document(None, ["a", "b"], {"a": 10, "b": 12}, None, [])
+>>> doc["variations"][0]
+{'name': 'a', 'n': 10, 'is_control': True}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+from estimators.analysis import Comparison, MetricResult
+from estimators.multiple import benjamini_hochberg, holm
+from estimators.records import as_dict, clean
+from estimators.srm import srm
+
+Correction = Literal["holm", "bh"]
+
+
+def correct(metrics: Sequence[MetricResult], correction: Correction | None
+            ) -> list[MetricResult]:
+    """Adjust p-values across metrics × treatments, separately for each estimator."""
+    if correction is None:
+        return list(metrics)
+    method = holm if correction == "holm" else benjamini_hochberg
+    names = {n for m in metrics for c in m.comparisons for n in c.estimators}
+    adjusted: dict[tuple[int, int, str], float] = {}
+    for name in names:
+        keys, ps = [], []
+        for i, m in enumerate(metrics):
+            for j, c in enumerate(m.comparisons):
+                e = c.estimators.get(name)
+                if e is not None and e.p_value is not None:
+                    keys.append((i, j, name))
+                    ps.append(e.p_value)
+        adjusted.update(zip(keys, method(ps), strict=True))
+    out = []
+    for i, m in enumerate(metrics):
+        comps = []
+        for j, c in enumerate(m.comparisons):
+            est = {n: replace(e, adjusted_p_value=adjusted.get((i, j, n)))
+                   for n, e in c.estimators.items()}
+            comps.append(replace(c, estimators=est))
+        out.append(replace(m, comparisons=tuple(comps)))
+    return out
+
+
+def comparison_document(c: Comparison) -> dict[str, Any]:
+    return {
+        "treatment": c.treatment,
+        "control": c.control,
+        "primary": c.primary.estimator,
+        "estimators": {name: as_dict(e) for name, e in c.estimators.items()},
+        "covariate_selection": [as_dict(x) for x in c.covariate_selection],
+        "bayes": as_dict(c.bayes),
+        "diagnostics": as_dict(c.diagnostics),
+    }
+
+
+def metric_document(m: MetricResult) -> dict[str, Any]:
+    return {"metric": m.metric, "kind": m.kind,
+            "comparisons": [comparison_document(c) for c in m.comparisons]}
+
+
+def slice_document(by: Mapping[str, Any] | None, variations: Sequence[str],
+                   counts: Mapping[str, int], weights: Sequence[float] | None,
+                   metrics: Sequence[MetricResult], correction: Correction | None = None,
+                   srm_threshold: float = 0.001) -> dict[str, Any]:
+    """Variations (first = control), SRM and every metric's comparisons."""
+    n = [int(counts.get(v, 0)) for v in variations]
+    s = srm(n, weights, srm_threshold)
+    doc = {
+        "by": dict(by) if by is not None else None,
+        "variations": [{"name": v, "n": k, "is_control": i == 0}
+                       for i, (v, k) in enumerate(zip(variations, n, strict=True))],
+        "srm": as_dict(s),
+        "metrics": [metric_document(m) for m in correct(metrics, correction)],
+    }
+    out: dict[str, Any] = clean(doc)
+    return out

@@ -1,0 +1,67 @@
+"""Plain-text rendering of a result document for terminals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLUMNS = ("estimator", "effect", "95% CI", "rel", "p", "anytime CI", "seq p", "var.red.")
+
+
+def _num(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "—"
+    if pct:
+        return f"{100 * x:+.2f}%"
+    return f"{x:.4g}"
+
+
+def _ci(lo: Any, hi: Any) -> str:
+    return "—" if lo is None or hi is None else f"[{lo:.4g}, {hi:.4g}]"
+
+
+def render(doc: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for sl in doc.get("slices", []):
+        lines.extend(render_slice(sl))
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_slice(sl: dict[str, Any]) -> list[str]:
+    lines = []
+    if sl.get("by"):
+        lines.append("== " + ", ".join(f"{k}={v}" for k, v in sl["by"].items()) + " ==")
+    lines.append("variations: " + ", ".join(
+        f"{v['name']}{' (control)' if v['is_control'] else ''} n={v['n']}"
+        for v in sl["variations"]))
+    srm = sl["srm"]
+    lines.append(f"SRM: p={_num(srm['p_value'])} sequential p={_num(srm['sequential_p_value'])}"
+                 f"{'  ** MISMATCH **' if srm['flagged'] else '  ok'}")
+    for m in sl["metrics"]:
+        for c in m["comparisons"]:
+            lines.append("")
+            lines.append(f"{m['metric']} ({m['kind']}): {c['treatment']} vs {c['control']}")
+            rows = [COLUMNS]
+            for name, e in c["estimators"].items():
+                rows.append((name, _num(e["effect"]), _ci(e["ci_low"], e["ci_high"]),
+                             _num(e["rel_effect"], pct=True), _num(e["p_value"]),
+                             _ci(e["seq_ci_low"], e["seq_ci_high"]), _num(e["seq_p_value"]),
+                             _num(e["variance_reduction"], pct=True)
+                             if e["variance_reduction"] is not None else "—"))
+            widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+            for r in rows:
+                lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+            for name, e in c["estimators"].items():
+                if e.get("note"):
+                    lines.append(f"  note [{name}]: {e['note']}")
+            for cs in c["covariate_selection"]:
+                lines.append(f"  in-experiment {cs['name']}: balance p={_num(cs['p_value'])} "
+                             f"{'used' if cs['selected'] else 'NOT used'}")
+            b = c["bayes"]
+            if b.get("treatment_posterior_mean") is not None:
+                lines.append(f"  bayes ({b['model']}, {b['estimator']}): posterior "
+                             f"{_num(b['treatment_posterior_mean'])} vs "
+                             f"{_num(b['control_posterior_mean'])}, chance to beat control "
+                             f"{100 * b['chance_to_beat_control']:.1f}%, expected loss "
+                             f"{_num(b['expected_loss'])}")
+    return lines
