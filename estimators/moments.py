@@ -135,7 +135,7 @@ class MomentMatrix:
         """The sub-matrix of the named columns."""
         idx = [self.index(n) for n in names]
         full = [0, *(i + 1 for i in idx)]
-        return MomentMatrix(tuple(names), self.shift[idx].copy(), self.sums[np.ix_(full, full)])
+        return MomentMatrix(tuple(names), self.shift[idx], self.sums[full][:, full])
 
     def index(self, name: str) -> int:
         try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class SrmResult:
 def clean(value: Any) -> Any:
     """Replace non-finite floats by ``None`` so documents are valid JSON."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -91,7 +93,23 @@ def clean(value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return value
+
+
 def as_dict(record: Any) -> dict[str, Any]:
-    """A record as a JSON-ready dict."""
-    out: dict[str, Any] = clean(asdict(record))
+    """A record as a JSON-ready dict (non-finite floats become ``None``)."""
+    out: dict[str, Any] = _plain(record)
     return out

@@ -48,7 +48,8 @@ def solve_slopes(s_ww: FloatArray, s_wy: FloatArray) -> FloatArray:
         raise NotEstimable("a covariate has zero variance: the covariate matrix is singular")
     scale = 1.0 / np.sqrt(diag)
     corr = s_ww * np.outer(scale, scale)
-    if np.linalg.cond(corr) > _CONDITION_LIMIT:
+    eig = np.linalg.eigvalsh(corr) if len(corr) > 1 else np.ones(1)
+    if eig[0] <= eig[-1] / _CONDITION_LIMIT:
         raise NotEstimable("covariates are collinear: the covariate matrix is singular")
     out: FloatArray = scale * np.linalg.solve(corr, s_wy * scale)
     return out

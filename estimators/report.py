@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from estimators.analysis import Comparison, MetricResult
 from estimators.multiple import benjamini_hochberg, holm
-from estimators.records import as_dict, clean
+from estimators.records import as_dict
 from estimators.srm import srm
 
 Correction = Literal["holm", "bh"]
@@ -71,12 +71,11 @@ def slice_document(by: Mapping[str, Any] | None, variations: Sequence[str],
     """Variations (first = control), SRM and every metric's comparisons."""
     n = [int(counts.get(v, 0)) for v in variations]
     s = srm(n, weights, srm_threshold)
-    doc = {
+    doc: dict[str, Any] = {
         "by": dict(by) if by is not None else None,
         "variations": [{"name": v, "n": k, "is_control": i == 0}
                        for i, (v, k) in enumerate(zip(variations, n, strict=True))],
         "srm": as_dict(s),
         "metrics": [metric_document(m) for m in correct(metrics, correction)],
     }
-    out: dict[str, Any] = clean(doc)
-    return out
+    return doc

@@ -150,8 +150,7 @@ def analyze_frame(frame: pd.DataFrame, req: AnalyzeRequest) -> dict[str, Any]:
     weights = _weights(req, variations)
     values = np.column_stack([numeric_column(frame, c) for c in req.value_columns])
     specs = _specs(req, values)
-    var_index = {v: i for i, v in enumerate(variations)}
-    var_id = np.fromiter((var_index[v] for v in variation), dtype=np.intp, count=len(variation))
+    var_id = pd.Categorical(variation, categories=variations).codes.astype(np.intp)
 
     if req.by:
         keys = frame[list(req.by)].astype(str)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import msgspec
 
 from estimators.analysis import AnalysisSettings
 
@@ -53,8 +54,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _emit(doc: dict[str, Any], fmt: str, render: Callable[[dict[str, Any]], str]) -> None:
     if fmt == "json":
-        json.dump(doc, sys.stdout, indent=1, allow_nan=False)
-        sys.stdout.write("\n")
+        sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(doc), indent=1))
+        sys.stdout.buffer.write(b"\n")
     else:
         sys.stdout.write(render(doc))
 
