@@ -52,6 +52,39 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from workers.ingest import run_worker
+    from workers.settings import SettingsError, load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        return _fail("worker", str(exc))
+    return run_worker(settings, args.name)
+
+
+def _results(args: argparse.Namespace) -> int:
+    from state.registry import Registry
+    from state.results import experiment_document
+    from state.store import connect
+    from workers.settings import SettingsError, load_settings
+    from workers.table import render
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        return _fail("results", str(exc))
+    client = connect(settings.redis_url, settings.redis_cluster)
+    d = Registry(client).get(args.experiment)
+    if d is None:
+        return _fail("results", f"unknown experiment {args.experiment!r}")
+    _emit(experiment_document(client, d, args.correction), args.format, render)
+    return 0
+
+
 def _emit(doc: dict[str, Any], fmt: str, render: Callable[[dict[str, Any]], str]) -> None:
     if fmt == "json":
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(doc), indent=1))
@@ -100,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--points", type=int, default=10, help="timeline points (10)")
     _add_analysis_options(p)
     p.set_defaults(handler=_analyze)
+
+    p = sub.add_parser("worker", help="ingest exposures and events into Redis")
+    p.add_argument("--name", default="worker", help="client id / log name")
+    p.set_defaults(handler=_worker)
+
+    p = sub.add_parser("results", help="current results of a live experiment")
+    p.add_argument("experiment")
+    p.add_argument("--correction", choices=["holm", "bh"], default=None)
+    p.add_argument("--format", choices=["json", "table"], default="table")
+    p.set_defaults(handler=_results)
 
     p = sub.add_parser("demo", help="run everything embedded with a simulated experiment")
     p.set_defaults(handler=lambda a: _fail("demo", "not yet: the streaming layer is not built"))

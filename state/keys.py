@@ -1,0 +1,64 @@
+"""The Redis key layout — the only module that knows it.
+
+Every key of partition ``p`` carries the hash tag ``{p}`` so one batch script touches one
+Redis Cluster slot; a query merges all partitions.
+
+| key | type | holds |
+|---|---|---|
+| ``ls:{p}:epoch`` | string | owner epoch; a new owner increments it, fencing zombies |
+| ``ls:{p}:off`` | hash | ``topic → next offset`` applied for that topic-partition |
+| ``ls:{p}:m:<exp>`` | hash | ``variation → packed moment matrix`` (shift + upper triangle) |
+| ``ls:{p}:u:<exp>:<b>`` | hash | ``unit → packed unit state``, bucket ``b = crc32(unit) % B`` |
+| ``ls:{p}:pend`` | hash | ``unit → events`` that arrived before the unit's exposure |
+| ``ls:{p}:pendq`` | zset | ``unit → earliest held event time`` (grace-period expiry) |
+| ``ls:{p}:c`` | hash | counters (exposures, withdrawn units, refused batches, …) |
+| ``ls:meta`` | hash | ``partitions`` — the topic partition count the workers run with |
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "ls"
+META = f"{PREFIX}:meta"
+
+
+def tag(partition: int) -> str:
+    return f"{PREFIX}:{{{partition}}}"
+
+
+def epoch(partition: int) -> str:
+    return f"{tag(partition)}:epoch"
+
+
+def offsets(partition: int) -> str:
+    return f"{tag(partition)}:off"
+
+
+def matrices(partition: int, experiment: str) -> str:
+    return f"{tag(partition)}:m:{experiment}"
+
+
+def bucket_of(unit: str, buckets: int) -> int:
+    return zlib.crc32(unit.encode()) % buckets
+
+
+def units(partition: int, experiment: str, bucket: int) -> str:
+    return f"{tag(partition)}:u:{experiment}:{bucket}"
+
+
+def pending(partition: int) -> str:
+    return f"{tag(partition)}:pend"
+
+
+def pending_queue(partition: int) -> str:
+    return f"{tag(partition)}:pendq"
+
+
+def counters(partition: int) -> str:
+    return f"{tag(partition)}:c"
+
+
+def unit_pattern(partition: int, experiment: str) -> str:
+    """SCAN pattern for one experiment's unit buckets in a partition."""
+    return f"{tag(partition)}:u:{experiment}:*"

@@ -1,0 +1,598 @@
+"""Experiment definitions (YAML or JSON), their validation, and their storage in Redis.
+
+A definition names the variations (the first is the control) and their traffic weights, the
+metrics computed from events, optional ratio metrics, pre-experiment covariates (from the
+exposure message, or a metric's own pre-exposure value over a look-back window), in-experiment
+covariate candidates, and analysis settings. :func:`parse_definition` turns a mapping into a
+validated, normalised :class:`ExperimentDef` or raises :class:`DefinitionError` whose message
+starts with the offending field, e.g. ``metrics[1].aggregate: must be one of binary, count,
+sum``.
+
+Redis keys (plain keys, never touched by Lua scripts, single-key commands only so the
+registry works on Redis Cluster as well):
+
+* ``ls:registry`` — hash: experiment id → definition JSON
+* ``ls:registry:version`` — integer incremented after every change; workers poll it cheaply
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, get_args
+
+import msgspec
+
+from estimators.analysis import AnalysisSettings
+
+if TYPE_CHECKING:
+    import redis
+    import redis.cluster
+
+__all__ = [
+    "AGGREGATES",
+    "CANDIDATE_AGGREGATES",
+    "ID_PATTERN",
+    "MODELS",
+    "REGISTRY_KEY",
+    "VERSION_KEY",
+    "Aggregate",
+    "CandidateDef",
+    "DefinitionError",
+    "ExperimentDef",
+    "ExperimentExists",
+    "MetricDef",
+    "RatioDef",
+    "Registry",
+    "load_definition",
+    "parse_definition",
+]
+
+log = logging.getLogger(__name__)
+
+Aggregate = Literal["binary", "count", "sum"]
+CandidateAggregate = Literal["count", "sum"]
+Model = Literal["linear", "logistic", "tree", "forest"]
+Status = Literal["running", "stopped"]
+Correction = Literal["holm", "bh"]
+
+AGGREGATES: Final[tuple[str, ...]] = get_args(Aggregate)
+CANDIDATE_AGGREGATES: Final[tuple[str, ...]] = get_args(CandidateAggregate)
+MODELS: Final[tuple[str, ...]] = get_args(Model)
+STATUSES: Final[tuple[str, ...]] = get_args(Status)
+CORRECTIONS: Final[tuple[str, ...]] = get_args(Correction)
+
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_NAME_LENGTH: Final = 256
+REGISTRY_KEY: Final = "ls:registry"
+VERSION_KEY: Final = "ls:registry:version"
+_WEIGHT_TOLERANCE = 1e-12
+
+
+class DefinitionError(ValueError):
+    """An invalid experiment definition; the message starts with the field path."""
+
+
+class ExperimentExists(ValueError):
+    """``Registry.create`` was asked to overwrite an existing id without ``replace``."""
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """A per-unit metric: ``binary`` (did the event occur), ``count`` or ``sum`` of values."""
+
+    name: str
+    event: str
+    aggregate: Aggregate
+    cap: float | None = None
+
+
+@dataclass(frozen=True)
+class RatioDef:
+    """A ratio metric: per-unit ``numerator`` over ``denominator`` (names of metrics)."""
+
+    name: str
+    numerator: str
+    denominator: str
+
+
+@dataclass(frozen=True)
+class CandidateDef:
+    """An in-experiment covariate candidate: ``count`` or ``sum`` of an event."""
+
+    name: str
+    event: str
+    aggregate: CandidateAggregate
+
+
+@dataclass(frozen=True)
+class ExperimentDef:
+    """A validated experiment definition (weights normalised to sum 1, times epoch seconds)."""
+
+    id: str
+    variations: tuple[str, ...]
+    weights: tuple[float, ...]
+    metrics: tuple[MetricDef, ...]
+    ratios: tuple[RatioDef, ...] = ()
+    covariates: tuple[str, ...] = ()
+    pre_period: tuple[str, ...] = ()
+    lookback_seconds: float = 0.0
+    in_experiment: tuple[CandidateDef, ...] = ()
+    start: float | None = None
+    end: float | None = None
+    status: Status = "running"
+    primary_metric: str | None = None
+    guardrails: tuple[str, ...] = ()
+    model: str = "linear"
+    outcome_window_seconds: float | None = None
+    alpha: float = 0.05
+    sequential_tuning: float = 5000.0
+    prior_sigma: float = 0.3
+    selection_alpha: float = 0.05
+    selection_holm: bool = False
+    correction: Correction | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("variations", "weights", "metrics", "ratios", "covariates", "pre_period",
+                     "in_experiment", "guardrails"):
+            value = getattr(self, name)
+            if isinstance(value, builtins.list):
+                object.__setattr__(self, name, tuple(value))
+        if not self.weights and len(self.variations) >= 2:
+            n = len(self.variations)
+            object.__setattr__(self, "weights", tuple(1.0 / n for _ in range(n)))
+        _validate(self)
+        try:
+            total = math.fsum(self.weights)
+        except OverflowError:
+            total = math.inf
+        if not math.isfinite(total):
+            raise _fail("weights", "too large to normalise")
+        if abs(total - 1.0) > _WEIGHT_TOLERANCE:
+            object.__setattr__(self, "weights", tuple(w / total for w in self.weights))
+
+    @property
+    def control(self) -> str:
+        """The control variation (the first one)."""
+        return self.variations[0]
+
+    @property
+    def primary(self) -> str:
+        """The primary metric's name: ``primary_metric``, else the first metric."""
+        return self.primary_metric or self.metrics[0].name
+
+    def metric_names(self) -> tuple[str, ...]:
+        """Names of all metrics, then all ratio metrics."""
+        return tuple(m.name for m in self.metrics) + tuple(r.name for r in self.ratios)
+
+    def is_active(self, ts: float) -> bool:
+        """Whether ``ts`` lies inside the experiment's window ``[start, end)``."""
+        return (self.start is None or ts >= self.start) and (self.end is None or ts < self.end)
+
+    def analysis_settings(self) -> AnalysisSettings:
+        """The estimator settings this definition asks for."""
+        return AnalysisSettings(alpha=self.alpha, sequential_tuning=self.sequential_tuning,
+                                selection_alpha=self.selection_alpha,
+                                selection_holm=self.selection_holm, prior_sigma=self.prior_sigma)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping that :func:`parse_definition` turns back into this definition."""
+        return {
+            "id": self.id,
+            "variations": builtins.list(self.variations),
+            "weights": builtins.list(self.weights),
+            "metrics": [{"name": m.name, "event": m.event, "aggregate": m.aggregate,
+                         "cap": m.cap} for m in self.metrics],
+            "ratios": [{"name": r.name, "numerator": r.numerator, "denominator": r.denominator}
+                       for r in self.ratios],
+            "covariates": builtins.list(self.covariates),
+            "pre_period": builtins.list(self.pre_period),
+            "lookback_seconds": self.lookback_seconds,
+            "in_experiment": [{"name": c.name, "event": c.event, "aggregate": c.aggregate}
+                              for c in self.in_experiment],
+            "start": self.start,
+            "end": self.end,
+            "status": self.status,
+            "primary_metric": self.primary_metric,
+            "guardrails": builtins.list(self.guardrails),
+            "model": self.model,
+            "outcome_window_seconds": self.outcome_window_seconds,
+            "alpha": self.alpha,
+            "sequential_tuning": self.sequential_tuning,
+            "prior_sigma": self.prior_sigma,
+            "selection_alpha": self.selection_alpha,
+            "selection_holm": self.selection_holm,
+            "correction": self.correction,
+        }
+
+    def to_json(self) -> bytes:
+        """Compact JSON of :meth:`to_dict`."""
+        return msgspec.json.encode(self.to_dict())
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> ExperimentDef:
+        """Parse and validate JSON written by :meth:`to_json` (or by hand)."""
+        try:
+            data = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise DefinitionError(f"definition: not valid JSON ({exc})") from None
+        if not isinstance(data, Mapping):
+            raise DefinitionError(
+                f"definition: expected a JSON object, got {_type_name(data)}")
+        return parse_definition(data)
+
+
+# --------------------------------------------------------------------------- parsing
+
+_T = TypeVar("_T")
+_TOP_LEVEL: Final = frozenset(f.name for f in ExperimentDef.__dataclass_fields__.values())
+_REQUIRED: Final = ("id", "variations", "metrics")
+
+
+def _type_name(x: Any) -> str:
+    if x is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            builtins.list: "a list", dict: "a mapping"}.get(type(x), type(x).__name__)
+
+
+def _fail(path: str, message: str) -> DefinitionError:
+    return DefinitionError(f"{path}: {message}")
+
+
+def _str(path: str, x: Any) -> str:
+    if not isinstance(x, str):
+        hint = " (quote it in YAML)" if isinstance(x, int | float | date) else ""
+        raise _fail(path, f"expected a string, got {_type_name(x)} {x!r}{hint}")
+    if not x:
+        raise _fail(path, "must not be empty")
+    if len(x) > MAX_NAME_LENGTH:
+        raise _fail(path, f"longer than {MAX_NAME_LENGTH} characters ({len(x)})")
+    return x
+
+
+def _ident(path: str, x: Any) -> str:
+    s = _str(path, x)
+    if ID_PATTERN.fullmatch(s) is None:
+        raise _fail(path, f"{s!r} must match [A-Za-z0-9_.-]{{1,64}}")
+    return s
+
+
+def _number(path: str, x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        raise _fail(path, f"expected a number, got {_type_name(x)} {x!r}")
+    try:
+        v = float(x)
+    except OverflowError:
+        raise _fail(path, "number out of range") from None
+    if not math.isfinite(v):
+        raise _fail(path, f"must be finite, got {v}")
+    return v
+
+
+def _positive(path: str, x: Any) -> float:
+    v = _number(path, x)
+    if v <= 0:
+        raise _fail(path, f"must be > 0, got {x!r}")
+    return v
+
+
+def _probability(path: str, x: Any) -> float:
+    v = _number(path, x)
+    if not 0.0 < v < 1.0:
+        raise _fail(path, f"must be between 0 and 1 (exclusive), got {x!r}")
+    return v
+
+
+def _bool(path: str, x: Any) -> bool:
+    if not isinstance(x, bool):
+        raise _fail(path, f"expected true or false, got {_type_name(x)} {x!r}")
+    return x
+
+
+def _choice(path: str, x: Any, allowed: Sequence[str]) -> str:
+    if not isinstance(x, str) or x not in allowed:
+        raise _fail(path, f"must be one of {', '.join(allowed)}, got {x!r}")
+    return x
+
+
+def _seq(path: str, x: Any) -> builtins.list[Any]:
+    if isinstance(x, str | bytes) or not isinstance(x, Sequence):
+        raise _fail(path, f"expected a list, got {_type_name(x)}")
+    return builtins.list(x)
+
+
+def _mapping(path: str, x: Any, keys: Sequence[str], required: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(x, Mapping):
+        raise _fail(path, f"expected a mapping, got {_type_name(x)}")
+    unknown = sorted(str(k) for k in x if k not in keys)
+    if unknown:
+        raise _fail(path, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(keys)}")
+    for k in required:
+        if x.get(k) is None:
+            raise _fail(f"{path}.{k}", "required")
+    return dict(x)
+
+
+def _items(path: str, x: Any, item: Callable[[str, Any], _T]) -> tuple[_T, ...]:
+    return tuple(item(f"{path}[{i}]", v) for i, v in enumerate(_seq(path, x)))
+
+
+def _time(path: str, x: Any) -> float:
+    """Epoch seconds from a number, an ISO-8601 string, or a YAML date/datetime (naive = UTC)."""
+    if isinstance(x, str):
+        try:
+            x = datetime.fromisoformat(x.strip())
+        except ValueError:
+            raise _fail(path, f"not an ISO-8601 time or epoch seconds: {x!r}") from None
+    if isinstance(x, date) and not isinstance(x, datetime):
+        x = datetime(x.year, x.month, x.day)
+    if isinstance(x, datetime):
+        if x.tzinfo is None:
+            x = x.replace(tzinfo=UTC)
+        try:
+            return x.timestamp()
+        except (ValueError, OverflowError):
+            raise _fail(path, f"time out of range: {x}") from None
+    return _number(path, x)
+
+
+def _metric(path: str, x: Any) -> MetricDef:
+    d = _mapping(path, x, ("name", "event", "aggregate", "cap"), ("name", "event", "aggregate"))
+    cap = d.get("cap")
+    return MetricDef(name=_ident(f"{path}.name", d["name"]),
+                     event=_str(f"{path}.event", d["event"]),
+                     aggregate=cast(Aggregate, _choice(f"{path}.aggregate", d["aggregate"],
+                                                       AGGREGATES)),
+                     cap=None if cap is None else _number(f"{path}.cap", cap))
+
+
+def _ratio(path: str, x: Any) -> RatioDef:
+    d = _mapping(path, x, ("name", "numerator", "denominator"),
+                 ("name", "numerator", "denominator"))
+    return RatioDef(name=_ident(f"{path}.name", d["name"]),
+                    numerator=_str(f"{path}.numerator", d["numerator"]),
+                    denominator=_str(f"{path}.denominator", d["denominator"]))
+
+
+def _candidate(path: str, x: Any) -> CandidateDef:
+    d = _mapping(path, x, ("name", "event", "aggregate"), ("name", "event", "aggregate"))
+    agg = _choice(f"{path}.aggregate", d["aggregate"], CANDIDATE_AGGREGATES)
+    return CandidateDef(name=_ident(f"{path}.name", d["name"]),
+                        event=_str(f"{path}.event", d["event"]),
+                        aggregate=cast(CandidateAggregate, agg))
+
+
+def _optional(d: Mapping[str, Any], key: str, conv: Callable[[str, Any], _T]) -> _T | None:
+    v = d.get(key)
+    return None if v is None else conv(key, v)
+
+
+def parse_definition(data: Mapping[str, Any]) -> ExperimentDef:
+    """Validate a mapping (parsed YAML/JSON) into an :class:`ExperimentDef`."""
+    if not isinstance(data, Mapping):
+        raise DefinitionError(f"definition: expected a mapping, got {_type_name(data)}")
+    unknown = sorted(str(k) for k in data if k not in _TOP_LEVEL)
+    if unknown:
+        raise DefinitionError(f"{', '.join(unknown)}: unknown field(s); allowed: "
+                              f"{', '.join(sorted(_TOP_LEVEL))}")
+    for key in _REQUIRED:
+        if data.get(key) is None:
+            raise _fail(key, "required")
+    kw: dict[str, Any] = {
+        "id": _ident("id", data["id"]),
+        "variations": _items("variations", data["variations"], _str),
+        "metrics": _items("metrics", data["metrics"], _metric),
+    }
+    weights = data.get("weights")
+    kw["weights"] = () if weights is None else _items("weights", weights, _positive)
+    lists: dict[str, Callable[[str, Any], Any]] = {
+        "ratios": _ratio, "covariates": _str, "pre_period": _str,
+        "in_experiment": _candidate, "guardrails": _str,
+    }
+    for key, conv in lists.items():
+        if data.get(key) is not None:
+            kw[key] = _items(key, data[key], conv)
+    scalars: dict[str, Callable[[str, Any], Any]] = {
+        "lookback_seconds": _number, "start": _time, "end": _time,
+        "status": lambda p, x: _choice(p, x, STATUSES), "primary_metric": _str,
+        "model": lambda p, x: _choice(p, x, MODELS), "outcome_window_seconds": _positive,
+        "alpha": _probability, "sequential_tuning": _positive, "prior_sigma": _positive,
+        "selection_alpha": _probability, "selection_holm": _bool,
+        "correction": lambda p, x: _choice(p, x, CORRECTIONS),
+    }
+    for key, conv in scalars.items():
+        v = _optional(data, key, conv)
+        if v is not None:
+            kw[key] = v
+    return ExperimentDef(**kw)
+
+
+def _validate(d: ExperimentDef) -> None:
+    """Cross-field checks; raises DefinitionError naming the field."""
+    _ident("id", d.id)
+    if len(d.variations) < 2:
+        raise _fail("variations", f"need at least 2 (the first is the control), got "
+                    f"{len(d.variations)}")
+    seen: set[str] = set()
+    for i, v in enumerate(d.variations):
+        _str(f"variations[{i}]", v)
+        if v in seen:
+            raise _fail(f"variations[{i}]", f"duplicate variation {v!r}")
+        seen.add(v)
+    if len(d.weights) != len(d.variations):
+        raise _fail("weights", f"{len(d.weights)} weights for {len(d.variations)} variations")
+    for i, w in enumerate(d.weights):
+        _positive(f"weights[{i}]", w)
+    if not d.metrics:
+        raise _fail("metrics", "at least one metric is required")
+
+    names: dict[str, str] = {}
+
+    def claim(path: str, name: str) -> None:
+        if name in names:
+            raise _fail(path, f"name {name!r} is already used by {names[name]}")
+        names[name] = path
+
+    for i, cov in enumerate(d.covariates):
+        _str(f"covariates[{i}]", cov)
+        claim(f"covariates[{i}]", cov)
+    metric_aggs: dict[str, str] = {}
+    for i, m in enumerate(d.metrics):
+        p = f"metrics[{i}]"
+        _ident(f"{p}.name", m.name)
+        _str(f"{p}.event", m.event)
+        _choice(f"{p}.aggregate", m.aggregate, AGGREGATES)
+        if m.cap is not None:
+            if m.aggregate == "binary":
+                raise _fail(f"{p}.cap", "only count and sum metrics can be capped")
+            _positive(f"{p}.cap", m.cap)
+        claim(f"{p}.name", m.name)
+        metric_aggs[m.name] = m.aggregate
+    for i, r in enumerate(d.ratios):
+        p = f"ratios[{i}]"
+        _ident(f"{p}.name", r.name)
+        for part in ("numerator", "denominator"):
+            ref = getattr(r, part)
+            if ref not in metric_aggs:
+                raise _fail(f"{p}.{part}", f"{ref!r} is not a metric; metrics: "
+                            f"{', '.join(metric_aggs)}")
+        if r.numerator == r.denominator:
+            raise _fail(p, "numerator and denominator must differ")
+        claim(f"{p}.name", r.name)
+    for i, c in enumerate(d.in_experiment):
+        p = f"in_experiment[{i}]"
+        _ident(f"{p}.name", c.name)
+        _str(f"{p}.event", c.event)
+        _choice(f"{p}.aggregate", c.aggregate, CANDIDATE_AGGREGATES)
+        claim(f"{p}.name", c.name)
+
+    for i, name in enumerate(d.pre_period):
+        if name not in metric_aggs:
+            raise _fail(f"pre_period[{i}]", f"{name!r} is not a metric; metrics: "
+                        f"{', '.join(metric_aggs)}")
+        if name in d.pre_period[:i]:
+            raise _fail(f"pre_period[{i}]", f"duplicate {name!r}")
+    lookback = _number("lookback_seconds", d.lookback_seconds)
+    if lookback < 0:
+        raise _fail("lookback_seconds", f"must be >= 0, got {lookback}")
+    if d.pre_period and lookback <= 0:
+        raise _fail("lookback_seconds", "must be > 0 when pre_period metrics are given")
+
+    if d.start is not None:
+        _number("start", d.start)
+    if d.end is not None:
+        _number("end", d.end)
+    if d.start is not None and d.end is not None and not d.start < d.end:
+        raise _fail("end", f"must be after start ({d.end} <= {d.start})")
+    _choice("status", d.status, STATUSES)
+    analysable = set(metric_aggs) | {r.name for r in d.ratios}
+    if d.primary_metric is not None and d.primary_metric not in analysable:
+        raise _fail("primary_metric", f"{d.primary_metric!r} is not a metric or ratio")
+    for i, g in enumerate(d.guardrails):
+        if g not in analysable:
+            raise _fail(f"guardrails[{i}]", f"{g!r} is not a metric or ratio")
+        if g in d.guardrails[:i]:
+            raise _fail(f"guardrails[{i}]", f"duplicate {g!r}")
+    _choice("model", d.model, MODELS)
+    if d.outcome_window_seconds is not None:
+        _positive("outcome_window_seconds", d.outcome_window_seconds)
+    _probability("alpha", d.alpha)
+    _positive("sequential_tuning", d.sequential_tuning)
+    _positive("prior_sigma", d.prior_sigma)
+    _probability("selection_alpha", d.selection_alpha)
+    _bool("selection_holm", d.selection_holm)
+    if d.correction is not None:
+        _choice("correction", d.correction, CORRECTIONS)
+
+
+def load_definition(path: str) -> ExperimentDef:
+    """Read and validate a definition file (``.yaml``, ``.yml`` or ``.json``)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise DefinitionError(f"{path}: expected a .yaml, .yml or .json file")
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise DefinitionError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if suffix == ".json":
+        try:
+            data = msgspec.json.decode(text)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise DefinitionError(f"{path}: not valid JSON ({exc})") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            first = str(exc).replace("\n", " ")
+            raise DefinitionError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(data, Mapping):
+        raise DefinitionError(f"{path}: expected a mapping at the top level, "
+                              f"got {_type_name(data)}")
+    return parse_definition(data)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _text(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+class Registry:
+    """Experiment definitions in Redis (``ls:registry`` hash + ``ls:registry:version``)."""
+
+    def __init__(self, client: redis.Redis | redis.cluster.RedisCluster) -> None:
+        self._r: Any = client
+
+    def _bump(self) -> None:
+        self._r.incr(VERSION_KEY)
+
+    def create(self, d: ExperimentDef, replace: bool = False) -> None:
+        """Store ``d``; raises :class:`ExperimentExists` if the id exists and not ``replace``."""
+        raw = d.to_json()
+        if replace:
+            self._r.hset(REGISTRY_KEY, d.id, raw)
+        elif not self._r.hsetnx(REGISTRY_KEY, d.id, raw):
+            raise ExperimentExists(f"experiment {d.id!r} already exists (use replace)")
+        self._bump()
+
+    def get(self, experiment_id: str) -> ExperimentDef | None:
+        """The stored definition, or None."""
+        raw = self._r.hget(REGISTRY_KEY, experiment_id)
+        return None if raw is None else ExperimentDef.from_json(raw)
+
+    def list(self) -> builtins.list[ExperimentDef]:
+        """All stored definitions sorted by id (unreadable entries are logged and skipped)."""
+        out: builtins.list[ExperimentDef] = []
+        for key, raw in self._r.hgetall(REGISTRY_KEY).items():
+            try:
+                out.append(ExperimentDef.from_json(raw))
+            except DefinitionError as exc:
+                log.warning("registry entry %r is invalid, skipped: %s", _text(key), exc)
+        return sorted(out, key=lambda d: d.id)
+
+    def stop(self, experiment_id: str) -> ExperimentDef:
+        """Set status ``stopped``; KeyError if the id is unknown. Returns the new definition."""
+        d = self.get(experiment_id)
+        if d is None:
+            raise KeyError(experiment_id)
+        stopped = replace(d, status="stopped")
+        self._r.hset(REGISTRY_KEY, d.id, stopped.to_json())
+        self._bump()
+        return stopped
+
+    def version(self) -> int:
+        """A counter incremented after every change (0 before the first)."""
+        raw = self._r.get(VERSION_KEY)
+        return 0 if raw is None else int(raw)
+

@@ -1,0 +1,39 @@
+"""Current results of a live experiment: merge every partition's matrices, run estimators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from estimators.analysis import analyze_metric
+from estimators.moments import MomentMatrix
+from estimators.report import Correction, slice_document
+from state.layout import ExperimentLayout
+from state.registry import ExperimentDef
+from state.store import Client, partition_count, read_counters, read_matrices
+
+
+def experiment_matrices(client: Client, d: ExperimentDef) -> dict[str, MomentMatrix]:
+    """Merged moment matrix per variation (variations without units get an empty one)."""
+    lay = ExperimentLayout.of(d)
+    parts = range(partition_count(client))
+    merged = read_matrices(client, d.id, lay.columns, parts)
+    return {v: merged.get(v, MomentMatrix.empty(lay.columns)) for v in d.variations}
+
+
+def experiment_document(client: Client, d: ExperimentDef,
+                        correction: Correction | None = None) -> dict[str, Any]:
+    """The result document (same shape as ``liftstream analyze``) plus live counters."""
+    lay = ExperimentLayout.of(d)
+    arms = experiment_matrices(client, d)
+    settings = lay.analysis_settings()
+    control = d.variations[0]
+    metrics = [analyze_metric(spec, arms, control, settings) for spec in lay.metric_specs()]
+    counts = {v: arms[v].n for v in d.variations}
+    doc = slice_document(None, list(d.variations), counts, list(d.weights), metrics,
+                         correction if correction is not None else d.correction)
+    counters = read_counters(client, range(partition_count(client)))
+    prefix = f"{d.id}:"
+    doc["counters"] = {k[len(prefix):]: int(v) for k, v in counters.items()
+                       if k.startswith(prefix)}
+    doc["freshness"] = {"last_event_ts": counters.get("last_event_ts")}
+    return {"experiment": d.id, "slices": [doc]}

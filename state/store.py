@@ -1,0 +1,204 @@
+"""Redis access for partition owners (ingest) and readers (results), via :mod:`state.keys`."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import redis
+import redis.cluster
+
+from estimators.moments import FloatArray, MomentMatrix
+from state import keys
+from state.units import UnitState
+
+Client = redis.Redis | redis.cluster.RedisCluster
+
+
+def connect(url: str, cluster: bool = False) -> Client:
+    """A client for a single Redis or a Redis Cluster (bytes responses)."""
+    if cluster:
+        return redis.cluster.RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)
+
+
+@dataclass
+class BatchWrite:
+    """Everything one partition batch changes; applied by ``apply_batch.lua`` or not at all."""
+
+    partition: int
+    epoch: int
+    offsets: list[tuple[str, int, int]] = field(default_factory=list)  # topic, first, next
+    matrices: dict[tuple[str, str], tuple[FloatArray, FloatArray]] = field(default_factory=dict)
+    units: dict[tuple[str, int, str], bytes] = field(default_factory=dict)  # exp,bucket,unit
+    pending_set: dict[str, bytes] = field(default_factory=dict)
+    pending_del: set[str] = field(default_factory=set)
+    pending_queue_add: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    last_event_ts: float | None = None
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    applied: bool
+    reason: str = ""
+    detail: str = ""
+
+
+class PartitionStore:
+    """The ingest side: claim a partition, read unit states, apply batches atomically."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        source = resources.files("state").joinpath("apply_batch.lua").read_text()
+        self._script = client.register_script(source)
+
+    def set_partition_count(self, partitions: int) -> None:
+        self.client.hset(keys.META, "partitions", partitions)
+
+    def claim(self, partition: int) -> int:
+        """Become the owner of ``partition``: a new epoch fences every earlier owner."""
+        return int(self.client.incr(keys.epoch(partition)))
+
+    def stored_offsets(self, partition: int) -> dict[str, int]:
+        raw: Any = self.client.hgetall(keys.offsets(partition))
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    def matrix_shifts(self, partition: int, experiment: str, width: int) -> dict[str, FloatArray]:
+        raw: Any = self.client.hgetall(keys.matrices(partition, experiment))
+        return {_text(k): np.frombuffer(v[:8 * width], dtype="<f8").astype(np.float64)
+                for k, v in raw.items()}
+
+    def read_units(self, partition: int, experiment: str, units: Sequence[str], buckets: int
+                   ) -> dict[str, UnitState]:
+        by_bucket: dict[int, list[str]] = defaultdict(list)
+        for u in units:
+            by_bucket[keys.bucket_of(u, buckets)].append(u)
+        pipe = self.client.pipeline(transaction=False)
+        order = list(by_bucket.items())
+        for b, us in order:
+            pipe.hmget(keys.units(partition, experiment, b), us)
+        out: dict[str, UnitState] = {}
+        for (_, us), blobs in zip(order, pipe.execute(), strict=True):
+            for u, blob in zip(us, blobs, strict=True):
+                if blob is not None:
+                    out[u] = UnitState.unpack(blob)
+        return out
+
+    def read_pending(self, partition: int, units: Sequence[str]) -> dict[str, bytes]:
+        if not units:
+            return {}
+        blobs: Any = self.client.hmget(keys.pending(partition), list(units))
+        return {u: b for u, b in zip(units, blobs, strict=True) if b is not None}
+
+    def expired_pending(self, partition: int, before: float, limit: int = 1000) -> list[str]:
+        raw = self.client.zrangebyscore(keys.pending_queue(partition), "-inf", f"({before}",
+                                        start=0, num=limit)
+        return [_text(r) for r in raw]
+
+    def pending_count(self, partition: int) -> int:
+        return int(self.client.hlen(keys.pending(partition)))
+
+    def apply(self, w: BatchWrite) -> ApplyOutcome:
+        p = w.partition
+        key_list = [keys.epoch(p), keys.offsets(p), keys.counters(p)]
+        index: dict[str, int] = {}
+
+        def k(name: str) -> int:
+            if name not in index:
+                key_list.append(name)
+                index[name] = len(key_list)  # Lua is 1-based
+            return index[name]
+
+        args: list[Any] = [w.epoch, len(w.offsets)]
+        for topic, first, nxt in w.offsets:
+            args += [topic, first, nxt]
+        args.append(len(w.matrices))
+        for (exp, variation), (shift, delta) in w.matrices.items():
+            iu = np.triu_indices(len(shift) + 1)
+            blob = np.concatenate([shift, delta[iu]]).astype("<f8").tobytes()
+            args += [k(keys.matrices(p, exp)), variation, len(shift), blob]
+        sets = [(keys.units(p, e, b), u, v) for (e, b, u), v in w.units.items()]
+        sets += [(keys.pending(p), u, v) for u, v in w.pending_set.items()]
+        args.append(len(sets))
+        for key, f, v in sets:
+            args += [k(key), f, v]
+        args.append(len(w.pending_del))
+        for u in w.pending_del:
+            args += [k(keys.pending(p)), u]
+        args.append(len(w.pending_queue_add))
+        for u, ts in w.pending_queue_add.items():
+            args += [k(keys.pending_queue(p)), repr(ts), u]
+        args.append(len(w.pending_del))
+        for u in w.pending_del:
+            args += [k(keys.pending_queue(p)), u]
+        counters = [(f, n) for f, n in w.counters.items() if n]
+        args.append(len(counters))
+        for f, n in counters:
+            args += [f, n]
+        args.append("" if w.last_event_ts is None else repr(w.last_event_ts))
+        res = self._script(keys=key_list, args=args)
+        if int(res[0]) == 1:
+            return ApplyOutcome(True)
+        reason = _text(res[1])
+        detail = _text(res[2]) if len(res) > 2 else ""
+        return ApplyOutcome(False, reason, detail)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def partition_count(client: Client, default: int = 0) -> int:
+    raw = client.hget(keys.META, "partitions")
+    return int(raw) if raw is not None else default
+
+
+def read_matrices(client: Client, experiment: str, columns: Sequence[str],
+                  partitions: Iterable[int]) -> dict[str, MomentMatrix]:
+    """Every partition's matrices of one experiment, merged per variation with ``+``."""
+    pipe = client.pipeline(transaction=False)
+    parts = list(partitions)
+    for p in parts:
+        pipe.hgetall(keys.matrices(p, experiment))
+    merged: dict[str, MomentMatrix] = {}
+    width = len(columns)
+    for raw in pipe.execute():
+        for variation, blob in raw.items():
+            flat = np.frombuffer(blob, dtype="<f8").astype(np.float64)
+            if flat.size != MomentMatrix.array_length(width):
+                raise ValueError(f"matrix of {experiment!r} has {flat.size} values; the "
+                                 f"definition's {width} columns need "
+                                 f"{MomentMatrix.array_length(width)}")
+            m = MomentMatrix.from_array(columns, flat)
+            name = _text(variation)
+            merged[name] = merged[name] + m if name in merged else m
+    return merged
+
+
+def read_counters(client: Client, partitions: Iterable[int]) -> dict[str, float]:
+    """Counters summed over partitions (``last_event_ts``: the maximum)."""
+    pipe = client.pipeline(transaction=False)
+    for p in partitions:
+        pipe.hgetall(keys.counters(p))
+    total: dict[str, float] = defaultdict(float)
+    for raw in pipe.execute():
+        for f, v in raw.items():
+            name = _text(f)
+            if name == "last_event_ts":
+                total[name] = max(total[name], float(v))
+            else:
+                total[name] += float(v)
+    return dict(total)
+
+
+def stored_offsets_all(client: Client, partitions: Iterable[int]) -> Mapping[int, dict[str, int]]:
+    out = {}
+    for p in partitions:
+        raw: Any = client.hgetall(keys.offsets(p))
+        out[p] = {_text(k): int(v) for k, v in raw.items()}
+    return out
