@@ -26,7 +26,7 @@ class ExperimentLayout:
     columns: tuple[str, ...]
     caps: FloatArray  # per column; inf where uncapped
     binary: np.ndarray  # bool per column
-    counts_events: np.ndarray  # bool per column: adds 1 per event (else adds the value)
+    counts_events: tuple[bool, ...]  # per column: adds 1 per event (else adds the value)
     event_columns: dict[str, tuple[int, ...]]  # event name → accumulator columns
     covariate_columns: dict[str, int]
 
@@ -56,15 +56,15 @@ class ExperimentLayout:
             caps.append(np.inf)
             binary.append(False)
             counts.append(False)
-        return cls(d, tuple(names), np.array(caps), np.array(binary), np.array(counts),
+        return cls(d, tuple(names), np.array(caps), np.array(binary), tuple(counts),
                    {k: tuple(v) for k, v in routes.items()}, cov)
 
     @property
     def width(self) -> int:
         return len(self.columns)
 
-    def unit_vector(self, raw: FloatArray) -> FloatArray:
-        """Raw accumulators → the values that enter the moment matrix."""
+    def unit_vectors(self, raw: FloatArray) -> FloatArray:
+        """Raw accumulators (units × columns) → the values that enter the moment matrix."""
         v = np.minimum(raw, self.caps)
         out: FloatArray = np.where(self.binary, np.minimum(v, 1.0), v)
         return out

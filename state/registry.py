@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, get_args
 
 import msgspec
 
-from estimators.analysis import AnalysisSettings
-
 if TYPE_CHECKING:
     import redis
     import redis.cluster
+
+    from estimators.analysis import AnalysisSettings
 
 __all__ = [
     "AGGREGATES",
@@ -177,6 +177,8 @@ class ExperimentDef:
 
     def analysis_settings(self) -> AnalysisSettings:
         """The estimator settings this definition asks for."""
+        from estimators.analysis import AnalysisSettings
+
         return AnalysisSettings(alpha=self.alpha, sequential_tuning=self.sequential_tuning,
                                 selection_alpha=self.selection_alpha,
                                 selection_holm=self.selection_holm, prior_sigma=self.prior_sigma)

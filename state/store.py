@@ -54,8 +54,9 @@ class PartitionStore:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        source = resources.files("state").joinpath("apply_batch.lua").read_text()
-        self._script = client.register_script(source)
+        lua = resources.files("state")
+        self._script = client.register_script(lua.joinpath("apply_batch.lua").read_text())
+        self._read = client.register_script(lua.joinpath("read_units.lua").read_text())
 
     def set_partition_count(self, partitions: int) -> None:
         self.client.hset(keys.META, "partitions", partitions)
@@ -88,6 +89,37 @@ class PartitionStore:
                 if blob is not None:
                     out[u] = UnitState.unpack(blob)
         return out
+
+    def read_batch_state(self, partition: int, wanted: Mapping[str, Sequence[str]],
+                         pending_units: Sequence[str], buckets: int
+                         ) -> tuple[dict[tuple[str, str], UnitState], dict[str, bytes]]:
+        """Unit states of ``experiment → units`` and held events of ``pending_units``.
+
+        One script call (``read_units.lua``): a batch touches thousands of bucket hashes.
+        """
+        by_key: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for experiment, units in wanted.items():
+            for u in units:
+                b = keys.bucket_of(u, buckets)
+                by_key[keys.units(partition, experiment, b)].append((experiment, u))
+        key_list = list(by_key)
+        args: list[Any] = []
+        for k in key_list:
+            entries = by_key[k]
+            args.append(len(entries))
+            args.extend(u for _, u in entries)
+        args.append(len(pending_units))
+        args.extend(pending_units)
+        values = self._read(keys=[*key_list, keys.pending(partition)], args=args)
+        it = iter(values)
+        states: dict[tuple[str, str], UnitState] = {}
+        for k in key_list:
+            for entry in by_key[k]:
+                blob = next(it)
+                if blob:
+                    states[entry] = UnitState.unpack(blob)
+        held = {u: b for u, b in zip(pending_units, it, strict=True) if b}
+        return states, held
 
     def read_pending(self, partition: int, units: Sequence[str]) -> dict[str, bytes]:
         if not units:

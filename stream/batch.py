@@ -157,15 +157,14 @@ class BatchBuilder:
         for e, ts in zip(events, targets, strict=True):
             for name in ts:
                 need[name].add(e.unit)
-        initial: dict[tuple[str, str], UnitState | None] = {}
-        for name, units in need.items():
-            found = self.store.read_units(p, name, sorted(units), self.buckets)
-            for u in units:
-                initial[(name, u)] = found.get(u)
-        current: dict[tuple[str, str], UnitState | None] = dict(initial)
         pending_units = sorted({x.unit for x in exposures} | {e.unit for e in events})
-        held_stored = {u: _HELD_DECODE.decode(b)
-                       for u, b in self.store.read_pending(p, pending_units).items()}
+        found, held_blobs = self.store.read_batch_state(
+            p, {name: sorted(units) for name, units in need.items()}, pending_units,
+            self.buckets)
+        initial: dict[tuple[str, str], UnitState | None] = {
+            (name, u): found.get((name, u)) for name, units in need.items() for u in units}
+        current: dict[tuple[str, str], UnitState | None] = dict(initial)
+        held_stored = {u: _HELD_DECODE.decode(b) for u, b in held_blobs.items()}
         held: dict[str, list[HeldEvent]] = {u: list(v) for u, v in held_stored.items()}
         held_changed: set[str] = set()
         last_ts: float | None = None
@@ -181,12 +180,12 @@ class BatchBuilder:
             st = current.get(key)
             v = d.variations.index(x.variation)
             if st is None:
-                raw = np.zeros(lay.width)
+                raw = [0.0] * lay.width
                 for name, value in x.covariates.items():
                     col = lay.covariate_columns.get(name)
                     if col is not None:
                         raw[col] = value
-                st = UnitState(v, 0, x.ts, raw)
+                st = UnitState(v, 0, x.ts, tuple(raw))
                 for h in held.get(x.unit, []):
                     if h.experiment in (None, x.experiment):
                         st = self._count(lay, st, h.event, h.value, h.ts, h.id, w, x.experiment)
@@ -250,34 +249,34 @@ class BatchBuilder:
                 w.counters[f"{experiment}:duplicate_events"] += 1
                 return st
             seen = (*seen, fp)
-        raw = st.raw.copy()
+        raw = list(st.raw)
         for col in lay.event_columns[event]:
             raw[col] += 1.0 if lay.counts_events[col] else value
-        return UnitState(st.variation, st.flags, st.exposed_at, raw, seen)
+        return UnitState(st.variation, st.flags, st.exposed_at, tuple(raw), seen)
 
     def _deltas(self, p: int, w: BatchWrite, initial: Mapping[tuple[str, str], UnitState | None],
                 current: Mapping[tuple[str, str], UnitState | None]) -> None:
-        rows: dict[tuple[str, str], tuple[list[FloatArray], list[FloatArray]]] = {}
+        rows: dict[tuple[str, str], tuple[list[tuple[float, ...]], list[tuple[float, ...]]]] = {}
         for key, st in current.items():
             before = initial.get(key)
             if st is None or st == before:
                 continue
             x, unit = key
-            lay = self.layouts[x]
             w.units[(x, keys.bucket_of(unit, self.buckets), unit)] = st.pack()
-            names = lay.definition.variations
+            names = self.layouts[x].definition.variations
             if before is not None and not before.withdrawn:
-                rows.setdefault((x, names[before.variation]), ([], []))[1].append(
-                    lay.unit_vector(before.raw))
+                rows.setdefault((x, names[before.variation]), ([], []))[1].append(before.raw)
             if not st.withdrawn:
-                rows.setdefault((x, names[st.variation]), ([], []))[0].append(
-                    lay.unit_vector(st.raw))
+                rows.setdefault((x, names[st.variation]), ([], []))[0].append(st.raw)
         for (x, variation), (new, old) in rows.items():
-            shift = self._shift(p, x, variation, new or old)
-            delta = _outer_sum(new, shift) - _outer_sum(old, shift)
-            w.matrices[(x, variation)] = (shift, delta)
+            lay = self.layouts[x]
+            new_u = lay.unit_vectors(np.asarray(new, dtype=np.float64).reshape(-1, lay.width))
+            old_u = lay.unit_vectors(np.asarray(old, dtype=np.float64).reshape(-1, lay.width))
+            shift = self._shift(p, x, variation, new_u if len(new_u) else old_u)
+            w.matrices[(x, variation)] = (shift, _outer_sum(new_u, shift)
+                                          - _outer_sum(old_u, shift))
 
-    def _shift(self, p: int, experiment: str, variation: str, vectors: list[FloatArray]
+    def _shift(self, p: int, experiment: str, variation: str, vectors: FloatArray
                ) -> FloatArray:
         cache = self._shifts.get((p, experiment))
         width = self.layouts[experiment].width
@@ -289,12 +288,12 @@ class BatchBuilder:
         return cache[variation]
 
 
-def _outer_sum(vectors: list[FloatArray], shift: FloatArray) -> FloatArray:
+def _outer_sum(vectors: FloatArray, shift: FloatArray) -> FloatArray:
     d = len(shift)
-    if not vectors:
+    if not len(vectors):
         return np.zeros((d + 1, d + 1))
     u = np.empty((len(vectors), d + 1))
     u[:, 0] = 1.0
-    u[:, 1:] = np.asarray(vectors) - shift
+    u[:, 1:] = vectors - shift
     out: FloatArray = u.T @ u
     return out

@@ -1,0 +1,150 @@
+"""Ingest benchmarks: worker vs a bare kafka-python consumer, and Redis bytes per unit.
+
+Run: ``python -m bench.ingest [--units N] [--memory-units N]``. Starts its own broker and Redis.
+Both consumers read the same topics in the same run, so the ratio is fair on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from state.layout import ExperimentLayout
+from state.registry import Registry, parse_definition
+from state.store import PartitionStore, connect, partition_count, read_counters
+from stream.batch import BatchBuilder, RawRecord, Topics
+from stream.kafka import TopicPartition, ensure_topics, make_consumer, make_producer
+from stream.messages import Event, Exposure, encode_event, encode_exposure
+from workers.embedded import start_broker, start_redis
+from workers.ingest import IngestWorker
+from workers.settings import Settings
+
+DEFINITION = {"id": "bench", "variations": ["control", "treatment"],
+              "metrics": [{"name": "revenue", "event": "purchase", "aggregate": "sum"}],
+              "covariates": ["pre_revenue"]}
+
+
+def messages(units: int, seed: int = 0) -> list[tuple[str, bytes, bytes]]:
+    """One exposure and one purchase event per unit: 1 metric + 1 covariate."""
+    rng = np.random.default_rng(seed)
+    out = []
+    pre = rng.gamma(2.0, 10.0, units)
+    value = rng.gamma(2.0, 5.0, units)
+    for i in range(units):
+        u = f"u{i}"
+        ts = 1.7e9 + i * 1e-3
+        out.append(("exposures", u.encode(), encode_exposure(
+            Exposure("bench", u, "control" if i % 2 else "treatment", ts,
+                     {"pre_revenue": float(pre[i])}))))
+        out.append(("events", u.encode(), encode_event(
+            Event(u, "purchase", ts + 1.0, float(value[i]), None, f"{u}:p"))))
+    return out
+
+
+def bare_consumer_rate(bootstrap: str, topics: list[str], partitions: int, total: int) -> float:
+    consumer = make_consumer(bootstrap, None, max_poll_records=5000)
+    consumer.assign([TopicPartition(t, p) for t in topics for p in range(partitions)])
+    seen = 0
+    t0 = time.perf_counter()
+    while seen < total:
+        for records in consumer.poll(timeout_ms=500, max_records=5000).values():
+            seen += len(records)
+    rate = total / (time.perf_counter() - t0)
+    consumer.close()
+    return rate
+
+
+def worker_rate(settings: Settings, total: int) -> float:
+    worker = IngestWorker(settings, "bench-worker")
+    first: list[float] = []
+    client = connect(settings.redis_url)
+
+    def on_batch(p: int, n: int) -> None:
+        if not first:
+            first.append(time.perf_counter())
+
+    t = threading.Thread(target=worker.run, kwargs={"on_batch": on_batch}, daemon=True)
+    t.start()
+    while True:
+        n = partition_count(client)
+        done = int(read_counters(client, range(n)).get("messages", 0)) if n else 0
+        if done >= total:
+            break
+        time.sleep(0.05)
+    end = time.perf_counter()
+    worker.stop_event.set()
+    t.join(timeout=30)
+    return total / (end - first[0])
+
+
+def memory_per_unit(redis_url: str, units: int, partitions: int, buckets: int) -> dict[str, Any]:
+    """Redis bytes per (experiment, unit): apply batches directly (no Kafka) and read INFO."""
+    client = connect(redis_url)
+    client.flushall()
+    d = parse_definition(DEFINITION)
+    Registry(client).create(d)
+    store = PartitionStore(client)
+    store.set_partition_count(partitions)
+    builder = BatchBuilder(store, Topics("exposures", "events"), buckets, 600.0, 100_000)
+    builder.set_experiments({d.id: ExperimentLayout.of(d)})
+    base = int(client.info("memory")["used_memory"])
+    by_partition: dict[int, list[RawRecord]] = {p: [] for p in range(partitions)}
+    offsets = {(k, p): 0 for k in ("exposures", "events") for p in range(partitions)}
+    for kind, key, value in messages(units, seed=1):
+        p = hash(key) % partitions
+        by_partition[p].append(RawRecord(kind, offsets[(kind, p)], value))
+        offsets[(kind, p)] += 1
+    t0 = time.perf_counter()
+    for p, records in by_partition.items():
+        epoch = store.claim(p)
+        for k in range(0, len(records), 5000):
+            out = store.apply(builder.build(p, epoch, records[k:k + 5000]).write)
+            assert out.applied, out
+    seconds = time.perf_counter() - t0
+    used = int(client.info("memory")["used_memory"]) - base
+    return {"units": units, "partitions": partitions, "buckets": buckets,
+            "bytes_per_unit": used / units, "apply_msgs_per_s": 2 * units / seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--units", type=int, default=50_000)
+    ap.add_argument("--memory-units", type=int, default=100_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    args = ap.parse_args()
+    with start_broker() as broker:
+        redis_server = start_redis()
+        try:
+            s = Settings(kafka_bootstrap=broker.bootstrap, redis_url=redis_server.url,
+                         topic_exposures="b.exposures", topic_events="b.events",
+                         topic_dead_letters="b.dead", group_id="bench",
+                         partitions=args.partitions, batch_size=5000, batch_timeout_ms=100)
+            ensure_topics(s.kafka_bootstrap, {s.topic_exposures: s.partitions,
+                                              s.topic_events: s.partitions})
+            client = connect(s.redis_url)
+            Registry(client).create(parse_definition(DEFINITION))
+            msgs = messages(args.units)
+            producer = make_producer(s.kafka_bootstrap, linger_ms=20)
+            topics = {"exposures": s.topic_exposures, "events": s.topic_events}
+            for kind, key, value in msgs:
+                producer.send(topics[kind], value=value, key=key)
+            producer.flush()
+            producer.close()
+            bare = bare_consumer_rate(s.kafka_bootstrap, list(topics.values()), s.partitions,
+                                      len(msgs))
+            worker = worker_rate(s, len(msgs))
+            memory = memory_per_unit(s.redis_url, args.memory_units, 12, 4096)
+        finally:
+            redis_server.stop()
+    print(json.dumps({"messages": len(msgs), "bare_consumer_msgs_per_s": round(bare),
+                      "worker_msgs_per_s": round(worker), "ratio": round(worker / bare, 3),
+                      "memory": memory}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
