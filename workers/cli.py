@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "table"], default="table")
     p.set_defaults(handler=_results)
 
+    from workers.experiments_cli import add_experiments_parser
+
+    add_experiments_parser(sub)
+
     p = sub.add_parser("demo", help="run everything embedded with a simulated experiment")
     p.set_defaults(handler=lambda a: _fail("demo", "not yet: the streaming layer is not built"))
     return parser
