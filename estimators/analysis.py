@@ -179,7 +179,14 @@ def _lin_crespo(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, pre: list[
                                       _summary(spec, mc, pre + selected), len(pre))
     else:
         t, c = _summary(spec, mt, selected), _summary(spec, mc, selected)
-    return lin_crespo(t, c)
+    out = lin_crespo(t, c)
+    # R = y − (what step 1 removed): add back its pooled mean so the arm means (and the
+    # relative effect) are on the outcome's scale; the effect itself is unchanged.
+    yt, yc = _summary(spec, mt, []), _summary(spec, mc, [])
+    offset = ((yt.n * (yt.y_mean - t.y_mean) + yc.n * (yc.y_mean - c.y_mean))
+              / (yt.n + yc.n))
+    return replace(out, treatment_mean=out.treatment_mean + offset,
+                   control_mean=out.control_mean + offset)
 
 
 def _bayes(spec: MetricSpec, out: dict[str, Estimate], mt: MomentMatrix, mc: MomentMatrix,

@@ -62,3 +62,40 @@ def counters(partition: int) -> str:
 def unit_pattern(partition: int, experiment: str) -> str:
     """SCAN pattern for one experiment's unit buckets in a partition."""
     return f"{tag(partition)}:u:{experiment}:*"
+
+
+def model(model_id: str) -> str:
+    """Hash ``v<version> → signed snapshot`` plus ``latest`` of one online model."""
+    return f"{PREFIX}:model:{model_id}"
+
+
+MODEL_INDEX = f"{PREFIX}:models"  # set of model ids
+
+
+def maturity(partition: int) -> str:
+    """Zset ``<experiment>\\x00<unit> → time its outcome window closes`` (training examples)."""
+    return f"{tag(partition)}:mature"
+
+
+# --- alerter and history (plain keys, single-key commands: Redis Cluster safe) -----------
+#
+# | key | type | holds |
+# |---|---|---|
+# | ``ls:alert:<exp>`` | hash | ``condition → JSON state`` (what already fired), per experiment |
+# | ``ls:hist:<exp>`` | list | JSON result snapshots, oldest first, trimmed to a bound |
+# | ``ls:alerter:lease`` | string | id of the alerter allowed to evaluate (expires) |
+
+
+def alert_state(experiment: str) -> str:
+    """Hash of one experiment's alert conditions and what already fired."""
+    return f"{PREFIX}:alert:{experiment}"
+
+
+def history(experiment: str) -> str:
+    """List of one experiment's result snapshots (JSON, oldest first)."""
+    return f"{PREFIX}:hist:{experiment}"
+
+
+def alerter_lease() -> str:
+    """The lease an alerter holds while it evaluates (only one alerter fires alerts)."""
+    return f"{PREFIX}:alerter:lease"

@@ -2,9 +2,10 @@
 
 A unit's *raw state* holds one accumulator per column: per metric the event count (binary,
 count) or value sum (sum), per in-experiment candidate its count or sum, and per pre-experiment
-covariate the value from the exposure message (missing covariates are 0). The *unit vector*
-``u`` that enters the moment matrix applies per-unit rules: binary → ``min(count, 1)``,
-``cap`` → ``min(value, cap)``.
+covariate the value from the exposure message (missing covariates are 0). With a ``model`` in
+the definition, each metric also gets a column holding the prediction ŷ frozen at exposure
+(CUPAC/MLRATE). The *unit vector* ``u`` that enters the moment matrix applies per-unit rules:
+binary → ``min(count, 1)``, ``cap`` → ``min(value, cap)``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from estimators.moments import FloatArray
 from state.registry import ExperimentDef
 
 
+def prediction_column(metric: str) -> str:
+    """Column name of a metric's frozen model prediction (cannot clash: ':' is not allowed
+    in metric names)."""
+    return f"{metric}:pred"
+
+
+def model_id(experiment: str, metric: str) -> str:
+    return f"{experiment}.{metric}"
+
+
 @dataclass(frozen=True)
 class ExperimentLayout:
     """Column order and event routing of one experiment."""
@@ -29,6 +40,8 @@ class ExperimentLayout:
     counts_events: tuple[bool, ...]  # per column: adds 1 per event (else adds the value)
     event_columns: dict[str, tuple[int, ...]]  # event name → accumulator columns
     covariate_columns: dict[str, int]
+    prediction_columns: dict[str, int]  # metric name → column of its frozen prediction ŷ
+    model_ids: dict[str, str]  # metric name → online model id
 
     @classmethod
     def of(cls, d: ExperimentDef) -> ExperimentLayout:
@@ -56,8 +69,18 @@ class ExperimentLayout:
             caps.append(np.inf)
             binary.append(False)
             counts.append(False)
+        preds: dict[str, int] = {}
+        models: dict[str, str] = {}
+        if d.model is not None and d.covariates:
+            for m in d.metrics:
+                preds[m.name] = len(names)
+                models[m.name] = model_id(d.id, m.name)
+                names.append(prediction_column(m.name))
+                caps.append(np.inf)
+                binary.append(False)
+                counts.append(False)
         return cls(d, tuple(names), np.array(caps), np.array(binary), tuple(counts),
-                   {k: tuple(v) for k, v in routes.items()}, cov)
+                   {k: tuple(v) for k, v in routes.items()}, cov, preds, models)
 
     @property
     def width(self) -> int:
@@ -75,8 +98,9 @@ class ExperimentLayout:
         specs = []
         for m in d.metrics:
             kind: MetricKind = "binary" if m.aggregate == "binary" else "numeric"
+            pred = prediction_column(m.name) if m.name in self.prediction_columns else None
             specs.append(MetricSpec(m.name, kind, outcome=m.name, covariates=d.covariates,
-                                    in_experiment=cands))
+                                    prediction=pred, in_experiment=cands))
         for r in d.ratios:
             specs.append(MetricSpec(r.name, "ratio", numerator=r.numerator,
                                     denominator=r.denominator, covariates=d.covariates,

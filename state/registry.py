@@ -129,7 +129,7 @@ class ExperimentDef:
     status: Status = "running"
     primary_metric: str | None = None
     guardrails: tuple[str, ...] = ()
-    model: str = "linear"
+    model: str | None = None  # online learner for CUPAC/MLRATE predictions; None = none
     outcome_window_seconds: float | None = None
     alpha: float = 0.05
     sequential_tuning: float = 5000.0
@@ -404,7 +404,8 @@ def parse_definition(data: Mapping[str, Any]) -> ExperimentDef:
     scalars: dict[str, Callable[[str, Any], Any]] = {
         "lookback_seconds": _number, "start": _time, "end": _time,
         "status": lambda p, x: _choice(p, x, STATUSES), "primary_metric": _str,
-        "model": lambda p, x: _choice(p, x, MODELS), "outcome_window_seconds": _positive,
+        "model": lambda p, x: None if x is None else _choice(p, x, MODELS),
+        "outcome_window_seconds": _positive,
         "alpha": _probability, "sequential_tuning": _positive, "prior_sigma": _positive,
         "selection_alpha": _probability, "selection_holm": _bool,
         "correction": lambda p, x: _choice(p, x, CORRECTIONS),
@@ -502,7 +503,8 @@ def _validate(d: ExperimentDef) -> None:
             raise _fail(f"guardrails[{i}]", f"{g!r} is not a metric or ratio")
         if g in d.guardrails[:i]:
             raise _fail(f"guardrails[{i}]", f"duplicate {g!r}")
-    _choice("model", d.model, MODELS)
+    if d.model is not None:
+        _choice("model", d.model, MODELS)
     if d.outcome_window_seconds is not None:
         _positive("outcome_window_seconds", d.outcome_window_seconds)
     _probability("alpha", d.alpha)

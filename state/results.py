@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from estimators.analysis import analyze_metric
@@ -37,3 +38,16 @@ def experiment_document(client: Client, d: ExperimentDef,
                        if k.startswith(prefix)}
     doc["freshness"] = {"last_event_ts": counters.get("last_event_ts")}
     return {"experiment": d.id, "slices": [doc]}
+
+
+def experiment_document_with(client: Client, d: ExperimentDef,
+                             correction: Correction | None = None,
+                             alpha: float | None = None) -> dict[str, Any]:
+    """:func:`experiment_document` with the definition's ``alpha`` optionally overridden.
+
+    ``alpha`` changes every CI, the anytime-valid intervals and the Bayesian credible
+    intervals; ``ValueError`` if it is not in (0, 1).
+    """
+    if alpha is None or alpha == d.alpha:
+        return experiment_document(client, d, correction)
+    return experiment_document(client, replace(d, alpha=alpha), correction)

@@ -38,6 +38,9 @@ class BatchWrite:
     pending_set: dict[str, bytes] = field(default_factory=dict)
     pending_del: set[str] = field(default_factory=set)
     pending_queue_add: dict[str, float] = field(default_factory=dict)
+    zadd: list[tuple[str, float, str]] = field(default_factory=list)  # key, score, member
+    zrem: list[tuple[str, str]] = field(default_factory=list)  # key, member
+    unit_states: dict[tuple[str, str], UnitState] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_event_ts: float | None = None
 
@@ -132,6 +135,12 @@ class PartitionStore:
                                         start=0, num=limit)
         return [_text(r) for r in raw]
 
+    def matured(self, partition: int, now: float, limit: int = 2000) -> list[str]:
+        """Members ``<experiment>\\x00<unit>`` whose outcome window closed by ``now``."""
+        raw = self.client.zrangebyscore(keys.maturity(partition), "-inf", now, start=0,
+                                        num=limit)
+        return [_text(r) for r in raw]
+
     def pending_count(self, partition: int) -> int:
         return int(self.client.hlen(keys.pending(partition)))
 
@@ -162,12 +171,15 @@ class PartitionStore:
         args.append(len(w.pending_del))
         for u in w.pending_del:
             args += [k(keys.pending(p)), u]
-        args.append(len(w.pending_queue_add))
-        for u, ts in w.pending_queue_add.items():
-            args += [k(keys.pending_queue(p)), repr(ts), u]
-        args.append(len(w.pending_del))
-        for u in w.pending_del:
-            args += [k(keys.pending_queue(p)), u]
+        zadd = [(keys.pending_queue(p), ts, u) for u, ts in w.pending_queue_add.items()]
+        zadd += w.zadd
+        args.append(len(zadd))
+        for key, score, member in zadd:
+            args += [k(key), repr(float(score)), member]
+        zrem = [(keys.pending_queue(p), u) for u in w.pending_del] + w.zrem
+        args.append(len(zrem))
+        for key, member in zrem:
+            args += [k(key), member]
         counters = [(f, n) for f, n in w.counters.items() if n]
         args.append(len(counters))
         for f, n in counters:

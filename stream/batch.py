@@ -21,6 +21,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -51,6 +52,7 @@ class PreparedBatch:
     write: BatchWrite
     dead_letters: list[DeadLetter] = field(default_factory=list)
     events_in: int = 0
+    training: list[bytes] = field(default_factory=list)  # matured units, for the learner
 
 
 class HeldEvent(msgspec.Struct, array_like=True):
@@ -69,6 +71,22 @@ def fingerprint(event_id: str) -> int:
     return zlib.crc32(event_id.encode())
 
 
+class Predictor(Protocol):
+    def predict(self, model_id: str, features: Mapping[str, float]) -> tuple[float, int]: ...
+
+
+class TrainingExample(msgspec.Struct, frozen=True):
+    """One labelled example for the learner (wire format of the training topic)."""
+
+    model: str
+    features: dict[str, float]
+    target: float
+    id: str | None = None
+
+
+_TRAINING = msgspec.json.Encoder()
+
+
 @dataclass(frozen=True)
 class Topics:
     exposures: str
@@ -79,8 +97,10 @@ class BatchBuilder:
     """Builds batches for the partitions one worker owns."""
 
     def __init__(self, store: PartitionStore, topics: Topics, buckets: int,
-                 grace_seconds: float, max_pending: int) -> None:
+                 grace_seconds: float, max_pending: int,
+                 predictor: Predictor | None = None) -> None:
         self.store = store
+        self.predictor = predictor
         self.topics = topics
         self.buckets = buckets
         self.grace = grace_seconds
@@ -125,6 +145,7 @@ class BatchBuilder:
         w.counters["dead_letters"] += len(out.dead_letters)
         w.counters["messages"] += len(records)
         self._apply(partition, w, exposures, events)
+        self._mature(partition, w, out, exposures, events)
         return out
 
     def _reject_reason(self, msg: Exposure | Event | Rejected) -> str | None:
@@ -185,7 +206,13 @@ class BatchBuilder:
                     col = lay.covariate_columns.get(name)
                     if col is not None:
                         raw[col] = value
-                st = UnitState(v, 0, x.ts, tuple(raw))
+                versions: tuple[int, ...] = ()
+                if lay.prediction_columns:
+                    versions = self._freeze_predictions(lay, raw)
+                    window = self._window_end(lay, x.ts)
+                    if window is not None:
+                        w.zadd.append((keys.maturity(p), window, f"{x.experiment}\x00{x.unit}"))
+                st = UnitState(v, 0, x.ts, tuple(raw), (), versions)
                 for h in held.get(x.unit, []):
                     if h.experiment in (None, x.experiment):
                         st = self._count(lay, st, h.event, h.value, h.ts, h.id, w, x.experiment)
@@ -195,7 +222,7 @@ class BatchBuilder:
                 w.counters[f"{x.experiment}:repeat_exposures"] += 1
             elif st.variation != v:
                 current[key] = UnitState(st.variation, st.flags | WITHDRAWN, st.exposed_at,
-                                         st.raw, st.seen)
+                                         st.raw, st.seen, st.versions)
                 w.counters[f"{x.experiment}:withdrawn"] += 1
             else:
                 w.counters[f"{x.experiment}:repeat_exposures"] += 1
@@ -252,7 +279,61 @@ class BatchBuilder:
         raw = list(st.raw)
         for col in lay.event_columns[event]:
             raw[col] += 1.0 if lay.counts_events[col] else value
-        return UnitState(st.variation, st.flags, st.exposed_at, tuple(raw), seen)
+        return UnitState(st.variation, st.flags, st.exposed_at, tuple(raw), seen, st.versions)
+
+    def _freeze_predictions(self, lay: ExperimentLayout, raw: list[float]) -> tuple[int, ...]:
+        """ŷ for each metric from the latest verified model, frozen at exposure."""
+        features = {name: raw[col] for name, col in lay.covariate_columns.items()}
+        versions = []
+        for metric, col in lay.prediction_columns.items():
+            if self.predictor is None:
+                value, version = 0.0, 0
+            else:
+                value, version = self.predictor.predict(lay.model_ids[metric], features)
+            raw[col] = value
+            versions.append(version)
+        return tuple(versions)
+
+    @staticmethod
+    def _window_end(lay: ExperimentLayout, exposed_at: float) -> float | None:
+        d = lay.definition
+        if d.outcome_window_seconds is not None:
+            end = exposed_at + d.outcome_window_seconds
+            return min(end, d.end) if d.end is not None else end
+        return d.end
+
+    def _mature(self, p: int, w: BatchWrite, out: PreparedBatch, exposures: list[Exposure],
+                events: list[Event]) -> None:
+        """Units whose outcome window closed become training examples (exposure features →
+        outcome); they were predicted at exposure, so no unit trains its own prediction."""
+        if not any(lay.prediction_columns for lay in self.layouts.values()):
+            return
+        times = [x.ts for x in exposures] + [e.ts for e in events]
+        if not times:
+            return
+        members = self.store.matured(p, max(times))
+        if not members:
+            return
+        wanted: dict[str, list[str]] = defaultdict(list)
+        for m in members:
+            experiment, _, unit = m.partition("\x00")
+            if experiment in self.layouts:
+                wanted[experiment].append(unit)
+            w.zrem.append((keys.maturity(p), m))
+        found, _ = self.store.read_batch_state(p, wanted, [], self.buckets)
+        pending_units = {(x, u): st for (x, u), st in w.unit_states.items()}
+        for (experiment, unit), st in {**found, **pending_units}.items():
+            if experiment not in wanted or unit not in wanted[experiment] or st.withdrawn:
+                continue
+            lay = self.layouts[experiment]
+            y = lay.unit_vectors(np.asarray([st.raw], dtype=np.float64))[0]
+            features = {name: st.raw[col] for name, col in lay.covariate_columns.items()}
+            for metric in lay.prediction_columns:
+                col = lay.columns.index(metric)
+                out.training.append(_TRAINING.encode(TrainingExample(
+                    lay.model_ids[metric], features, float(y[col]),
+                    f"{experiment}:{unit}")))
+        w.counters["training_examples"] += len(out.training)
 
     def _deltas(self, p: int, w: BatchWrite, initial: Mapping[tuple[str, str], UnitState | None],
                 current: Mapping[tuple[str, str], UnitState | None]) -> None:
@@ -263,6 +344,7 @@ class BatchBuilder:
                 continue
             x, unit = key
             w.units[(x, keys.bucket_of(unit, self.buckets), unit)] = st.pack()
+            w.unit_states[(x, unit)] = st
             names = self.layouts[x].definition.variations
             if before is not None and not before.withdrawn:
                 rows.setdefault((x, names[before.variation]), ([], []))[1].append(before.raw)

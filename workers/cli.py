@@ -145,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_results)
 
     from workers.experiments_cli import add_experiments_parser
+    from workers.replay import add_replay_parser
+    from workers.simulate import add_simulate_parser
 
     add_experiments_parser(sub)
+    add_replay_parser(sub)
+    add_simulate_parser(sub)
 
     p = sub.add_parser("demo", help="run everything embedded with a simulated experiment")
     p.set_defaults(handler=lambda a: _fail("demo", "not yet: the streaming layer is not built"))

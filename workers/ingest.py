@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from state.layout import ExperimentLayout
+from state.model_cache import ModelCache
+from state.models import ModelRegistry
 from state.registry import Registry
 from state.store import PartitionStore, connect
 from stream.batch import BatchBuilder, RawRecord, Topics
@@ -61,8 +63,12 @@ class IngestWorker:
         self.store = PartitionStore(self.client)
         self.registry = Registry(self.client)
         self.topics = Topics(settings.topic_exposures, settings.topic_events)
+        self.models: ModelCache | None = None
+        if settings.model_hmac_key:
+            self.models = ModelCache(ModelRegistry(self.client, settings.model_hmac_key))
         self.builder = BatchBuilder(self.store, self.topics, settings.unit_buckets,
-                                    settings.grace_seconds, settings.max_pending_events)
+                                    settings.grace_seconds, settings.max_pending_events,
+                                    self.models)
         self.owned: dict[int, int] = {}
         self.stop_event = threading.Event()
         self.consumer: KafkaConsumer | None = None
@@ -88,7 +94,8 @@ class IngestWorker:
                 f"topics {s.topic_exposures!r} ({ne} partitions) and {s.topic_events!r} "
                 f"({nv} partitions) must have the same partition count: partition p of both "
                 f"must go to one worker")
-        ensure_topics(s.kafka_bootstrap, {s.topic_dead_letters: 1}, strict=False, **sec)
+        ensure_topics(s.kafka_bootstrap, {s.topic_dead_letters: 1, s.topic_training: 1},
+                      strict=False, **sec)
         assert ne is not None
         self.store.set_partition_count(ne)
         return ne
@@ -102,8 +109,10 @@ class IngestWorker:
         if version == self._registry_version and not force:
             return
         self._registry_version = version
-        self.builder.set_experiments({d.id: ExperimentLayout.of(d)
-                                      for d in self.registry.list()})
+        layouts = {d.id: ExperimentLayout.of(d) for d in self.registry.list()}
+        self.builder.set_experiments(layouts)
+        if self.models is not None:
+            self.models.want({m for lay in layouts.values() for m in lay.model_ids.values()})
 
     # -- ownership ------------------------------------------------------------------------
     def acquire(self, partitions: set[int]) -> None:
@@ -135,6 +144,9 @@ class IngestWorker:
         s = self.settings
         self.check_topics()
         self.refresh_experiments(force=True)
+        if self.models is not None:
+            self.models.refresh()
+            self.models.start()
         sec = s.kafka_options()
         self.producer = make_producer(s.kafka_bootstrap, client_id=f"{self.name}-dlq", **sec)
         self.consumer = make_consumer(
@@ -173,7 +185,9 @@ class IngestWorker:
             self.producer.send(self.settings.topic_dead_letters,
                                dead_letter(dl.record.value, dl.record.topic, p,
                                            dl.record.offset, dl.reason))
-        if batch.dead_letters:
+        for example in batch.training:
+            self.producer.send(self.settings.topic_training, example)
+        if batch.dead_letters or batch.training:
             self.producer.flush()
         outcome = self.store.apply(batch.write)
         self.stats["batch_seconds"] += time.perf_counter() - t0
@@ -204,6 +218,8 @@ class IngestWorker:
                 log.debug("commit for lag failed: %s", exc)
 
     def close(self) -> None:
+        if self.models is not None:
+            self.models.stop()
         if self.consumer is not None:
             try:
                 self.consumer.close(autocommit=False)

@@ -163,3 +163,21 @@ def test_analyze_metric_three_arms_reports_every_estimator() -> None:
         assert comp.estimators["cuped"].variance_reduction > 0.3
         assert comp.covariate_selection[0].name == "z"
         assert comp.bayes.model == "normal-normal"
+
+
+def test_lin_crespo_arm_means_are_on_the_outcome_scale() -> None:
+    """Relative effects need outcome-scale means even though step 1 works on residuals."""
+    rng = np.random.default_rng(11)
+    names = ("y", "yhat", "z")
+    mats = {}
+    for arm, lift in (("c", 0.0), ("t", 0.5)):
+        yhat = 10.0 + rng.normal(size=4000)
+        y = yhat + lift + rng.normal(size=4000)
+        z = rng.normal(size=4000) + 0.3 * (y - yhat)
+        mats[arm] = MomentMatrix.from_rows(names, np.column_stack([y, yhat, z]))
+    spec = MetricSpec("y", "numeric", outcome="y", prediction="yhat", in_experiment=("z",))
+    comp = analyze_metric(spec, mats, "c").comparisons[0]
+    lc, diff_e = comp.estimators["lin_crespo"], comp.estimators["diff"]
+    assert lc.control_mean == pytest.approx(diff_e.control_mean, rel=0.01)
+    assert lc.rel_effect == pytest.approx(lc.effect / lc.control_mean, rel=1e-9)
+    assert lc.rel_effect > 0

@@ -96,7 +96,7 @@ def test_example_yaml_parses(tmp_path: Path) -> None:
     assert d.covariates == ("recency", "history")
     assert d.in_experiment == (CandidateDef("pageviews", "pageview", "count"),)
     assert d.primary == "spend" and d.primary_metric is None
-    assert d.status == "running" and d.model == "linear"
+    assert d.status == "running" and d.model is None  # no learner unless asked for
     assert d.analysis_settings() == AnalysisSettings()
 
 
