@@ -21,7 +21,7 @@ from estimators.moments import MomentMatrix
 from estimators.records import BayesResult, CovariateCheck, Estimate
 from estimators.regression import adjusted, cupac, cuped, diff, mlrate
 from estimators.selection import balance_p_values, select_covariates
-from estimators.summary import ArmSummary, summarize, summarize_ratio
+from estimators.summary import ArmSummary, is_constant, summarize, summarize_ratio
 
 MetricKind = Literal["binary", "numeric", "ratio"]
 ESTIMATORS = ("diff", "cuped", "cupac", "mlrate", "lin_crespo", "adjusted")
@@ -212,13 +212,15 @@ def _diagnostics(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix,
         return Diagnostics()
     t, c = _summary(spec, mt, pre), _summary(spec, mc, pre)
     ps = balance_p_values(t, c)[1:]
-    checks = tuple(CovariateCheck(n, p if math.isfinite(p) else None, False)
+    checks = tuple(CovariateCheck(n, p, False) if math.isfinite(p) else
+                   CovariateCheck(n, None, False, "zero variance: balance not testable")
                    for n, p in zip(pre, ps, strict=True))
     corr = None
     if spec.prediction:
         both = (mt + mc)
         sm = _summary(spec, both, [spec.prediction])
-        denom = math.sqrt(sm.cov[0, 0] * sm.cov[1, 1]) if sm.n > 1 else 0.0
-        corr = float(sm.cov[0, 1] / denom) if denom > 0 else None
+        constant = sm.n < 2 or any(is_constant(float(sm.cov[j, j]), float(sm.mean[j]))
+                                   for j in (0, 1))
+        corr = None if constant else float(sm.cov[0, 1] / math.sqrt(sm.cov[0, 0] * sm.cov[1, 1]))
     imbalance = any(ch.p_value is not None and ch.p_value < IMBALANCE_THRESHOLD for ch in checks)
     return Diagnostics(corr, checks, imbalance)

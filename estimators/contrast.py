@@ -51,10 +51,13 @@ class Inference:
 
 def to_estimate(name: str, c: Contrast, inf: Inference) -> Estimate:
     """Fixed-horizon and anytime-valid inference for one contrast."""
-    effect, var = c.effect, c.variance
+    effect = c.effect
+    vt, vc, extra = max(0.0, c.treatment_var), max(0.0, c.control_var), max(0.0, c.extra_var)
+    var = vt + vc + extra
     if not (math.isfinite(effect) and math.isfinite(var)):
         return Estimate(name, note="non-finite statistics (an arm without data?)")
-    if var <= 0.0:
+    scale = max(abs(c.treatment_mean), abs(c.control_mean), abs(effect))
+    if var <= (1e-15 * scale) ** 2:
         return Estimate(name, effect=effect, se=0.0, treatment_mean=c.treatment_mean,
                         control_mean=c.control_mean, r_squared=c.r_squared,
                         note="zero variance in both arms: no uncertainty can be estimated")
@@ -63,23 +66,22 @@ def to_estimate(name: str, c: Contrast, inf: Inference) -> Estimate:
     p = math.erfc(abs(effect) / se / math.sqrt(2.0))
     seq_half = sequential.half_width(se, inf.n_total, inf.alpha, inf.sequential_tuning)
     seq_p = sequential.p_value(effect, se, inf.n_total, inf.alpha, inf.sequential_tuning)
-    rel, rel_lo, rel_hi, note = _relative(c, z)
+    rel, rel_lo, rel_hi, note = _relative(c.treatment_mean, c.control_mean, vt + extra, vc, z)
     return Estimate(
         name, effect=effect, se=se, ci_low=effect - z * se, ci_high=effect + z * se,
         p_value=p, rel_effect=rel, rel_ci_low=rel_lo, rel_ci_high=rel_hi,
         seq_ci_low=effect - seq_half, seq_ci_high=effect + seq_half, seq_p_value=seq_p,
         r_squared=c.r_squared, treatment_mean=c.treatment_mean, control_mean=c.control_mean,
-        treatment_se=math.sqrt(c.treatment_var), control_se=math.sqrt(c.control_var), note=note,
+        treatment_se=math.sqrt(vt), control_se=math.sqrt(vc), note=note,
     )
 
 
-def _relative(c: Contrast, z: float) -> tuple[float | None, float | None, float | None,
-                                                str | None]:
-    mc, mt = c.control_mean, c.treatment_mean
+def _relative(mt: float, mc: float, vt: float, vc: float, z: float
+              ) -> tuple[float | None, float | None, float | None, str | None]:
     if mc == 0.0:
         return None, None, None, "control mean is 0: relative effect undefined"
     rel = mt / mc - 1.0
-    var = (c.treatment_var + c.extra_var) / mc**2 + mt**2 * c.control_var / mc**4
+    var = vt / mc**2 + mt**2 * vc / mc**4
     half = z * math.sqrt(var)
     return rel, rel - half, rel + half, None
 

@@ -101,6 +101,8 @@ class MomentMatrix:
 
     def __add__(self, other: MomentMatrix) -> MomentMatrix:
         self._check_compatible(other)
+        if self.sums[0, 0] == 0.0 and not self.sums.any():
+            return other  # an empty matrix adopts the other's (well-conditioned) shift
         o = other.recentred(self.shift)
         return MomentMatrix(self.names, self.shift, self.sums + o.sums)
 

@@ -11,7 +11,7 @@ Column 0 of each summary is the outcome, the others are adjustment columns ``w``
   selected in-experiment covariates together: the recommended default.
 
 >>> import numpy as np
->>> from estimators.summary import ArmSummary
+>>> from estimators.summary import ArmSummary, is_constant
 >>> t = ArmSummary(100, np.array([1.2, 0.1]), np.array([[1.0, 0.5], [0.5, 1.0]]))
 >>> c = ArmSummary(100, np.array([1.0, 0.0]), np.array([[1.0, 0.5], [0.5, 1.0]]))
 >>> round(cuped(t, c).effect, 6)
@@ -24,7 +24,7 @@ import numpy as np
 
 from estimators.contrast import Contrast, NotEstimable
 from estimators.moments import FloatArray
-from estimators.summary import ArmSummary
+from estimators.summary import ArmSummary, is_constant
 
 _CONDITION_LIMIT = 1e12
 
@@ -38,13 +38,22 @@ def require_units(t: ArmSummary, c: ArmSummary) -> None:
 def diff(t: ArmSummary, c: ArmSummary) -> Contrast:
     """Difference in means; ``SE² = s²_t/n_t + s²_c/n_c``."""
     require_units(t, c)
-    return Contrast(t.y_mean, c.y_mean, t.y_var / t.n, c.y_var / c.n, r_squared=0.0)
+    return Contrast(t.y_mean, c.y_mean, _variance(t) / t.n, _variance(c) / c.n, r_squared=0.0)
 
 
-def solve_slopes(s_ww: FloatArray, s_wy: FloatArray) -> FloatArray:
+def _variance(arm: ArmSummary) -> float:
+    """The outcome's variance, 0 when it is zero up to rounding."""
+    return 0.0 if is_constant(arm.y_var, arm.y_mean) else arm.y_var
+
+
+def solve_slopes(s_ww: FloatArray, s_wy: FloatArray,
+                 w_mean: FloatArray | None = None) -> FloatArray:
     """``S_ww⁻¹ S_wy``, refusing constant or collinear covariates with a reason."""
     diag = np.diag(s_ww)
-    if np.any(~np.isfinite(s_ww)) or np.any(diag <= 0.0):
+    if np.any(~np.isfinite(s_ww)):
+        raise NotEstimable("non-finite covariate statistics (an arm without data?)")
+    means = np.zeros(len(diag)) if w_mean is None else w_mean
+    if any(is_constant(float(v), float(m)) for v, m in zip(diag, means, strict=True)):
         raise NotEstimable("a covariate has zero variance: the covariate matrix is singular")
     scale = 1.0 / np.sqrt(diag)
     corr = s_ww * np.outer(scale, scale)
@@ -67,8 +76,8 @@ def pooled_mean(t: ArmSummary, c: ArmSummary) -> FloatArray:
 
 
 def _residual_var(cov: FloatArray, theta: FloatArray) -> float:
-    """``Var(y − θᵀw)`` from a covariance of ``(y, w)``."""
-    return float(cov[0, 0] - 2.0 * theta @ cov[1:, 0] + theta @ cov[1:, 1:] @ theta)
+    """``Var(y − θᵀw)`` from a covariance of ``(y, w)`` (≥ 0: rounding cannot go below)."""
+    return max(0.0, float(cov[0, 0] - 2.0 * theta @ cov[1:, 0] + theta @ cov[1:, 1:] @ theta))
 
 
 def cuped(t: ArmSummary, c: ArmSummary) -> Contrast:
@@ -77,8 +86,8 @@ def cuped(t: ArmSummary, c: ArmSummary) -> Contrast:
     if t.k == 0:
         raise NotEstimable("no covariate to adjust with")
     s = pooled_cov(t, c)
-    theta = solve_slopes(s[1:, 1:], s[1:, 0])
     w_bar = pooled_mean(t, c)[1:]
+    theta = solve_slopes(s[1:, 1:], s[1:, 0], w_bar)
     mt = t.y_mean - float(theta @ (t.mean[1:] - w_bar))
     mc = c.y_mean - float(theta @ (c.mean[1:] - w_bar))
     vt, vc = _residual_var(t.cov, theta), _residual_var(c.cov, theta)
@@ -109,9 +118,9 @@ def mlrate(t: ArmSummary, c: ArmSummary) -> Contrast:
     for label, arm in (("treatment", t), ("control", c)):
         if arm.n <= arm.k + 2:
             raise NotEstimable(f"{label} arm has {arm.n} units, too few for {arm.k} slopes")
-    theta_t = solve_slopes(t.cov[1:, 1:], t.cov[1:, 0])
-    theta_c = solve_slopes(c.cov[1:, 1:], c.cov[1:, 0])
     w_bar = pooled_mean(t, c)[1:]
+    theta_t = solve_slopes(t.cov[1:, 1:], t.cov[1:, 0], w_bar)
+    theta_c = solve_slopes(c.cov[1:, 1:], c.cov[1:, 0], w_bar)
     mt = t.y_mean - float(theta_t @ (t.mean[1:] - w_bar))
     mc = c.y_mean - float(theta_c @ (c.mean[1:] - w_bar))
     k = t.k

@@ -20,12 +20,14 @@ from scipy import special, stats
 
 from estimators.multiple import holm
 from estimators.records import CovariateCheck
-from estimators.summary import ArmSummary
+from estimators.summary import ArmSummary, is_constant
 
 
 def welch_p_value(mean_t: float, var_t: float, n_t: int,
                   mean_c: float, var_c: float, n_c: int) -> float:
     """Two-sided Welch t-test p-value for equal means; NaN if both variances are zero."""
+    var_t = 0.0 if is_constant(var_t, mean_t) else var_t
+    var_c = 0.0 if is_constant(var_c, mean_c) else var_c
     se2_t, se2_c = var_t / n_t, var_c / n_c
     se2 = se2_t + se2_c
     if not se2 > 0.0:

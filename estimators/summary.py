@@ -15,6 +15,17 @@ import numpy as np
 
 from estimators.moments import FloatArray, MomentMatrix
 
+CONSTANT_TOLERANCE = 1e-14
+
+
+def is_constant(variance: float, mean: float) -> bool:
+    """True when a variance is zero up to float rounding of values of size ``mean``.
+
+    Moment sums of a constant column keep a rounding residue of about ``eps·mean²``; a real
+    variance is far larger (a mean 10⁶ standard deviations from zero is beyond float64 anyway).
+    """
+    return not variance > CONSTANT_TOLERANCE * mean * mean
+
 
 @dataclass(frozen=True, eq=False)
 class ArmSummary:

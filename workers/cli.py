@@ -149,11 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     from workers.simulate import add_simulate_parser
 
     add_experiments_parser(sub)
+
+    from workers.api import add_api_parser
+
+    add_api_parser(sub)
+
+    from workers.alerter import add_alerter_parser
+
+    add_alerter_parser(sub)
     add_replay_parser(sub)
     add_simulate_parser(sub)
 
-    p = sub.add_parser("demo", help="run everything embedded with a simulated experiment")
-    p.set_defaults(handler=lambda a: _fail("demo", "not yet: the streaming layer is not built"))
+    from workers.demo import add_demo_parser
+
+    add_demo_parser(sub)
     return parser
 
 

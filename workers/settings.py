@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "env_name", "load_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "env_name", "load_settings", "to_env"]
 
 ENV_PREFIX: Final = "LIFTSTREAM_"
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -256,6 +256,24 @@ _EXPECTED: Final = {
     **dict.fromkeys(_POSITIVE_FLOAT, "a positive number (seconds)"),
     **dict.fromkeys(_BOOL, "true or false (also 1/0, yes/no, on/off)"),
 }
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """``LIFTSTREAM_*`` variables that :func:`load_settings` turns back into ``settings``
+    (for child processes)."""
+    out = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            text = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        out[env_name(f.name)] = text
+    return out
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

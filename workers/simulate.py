@@ -93,6 +93,8 @@ class SimulationConfig:
     seed: int = 0
     start_ts: float = 1_700_000_000.0
     rate: float | None = None
+    model: str | None = None  # online learner for CUPAC/MLRATE (linear|logistic|tree|forest)
+    outcome_window_seconds: float | None = None  # when matured units become training examples
 
     def __post_init__(self) -> None:
         if self.units < 0:
@@ -244,6 +246,9 @@ def simulation_definition(cfg: SimulationConfig) -> dict[str, Any]:
         ],
         "primary_metric": "revenue",
         "guardrails": ["sessions"],
+        **({"model": cfg.model} if cfg.model else {}),
+        **({"outcome_window_seconds": cfg.outcome_window_seconds}
+           if cfg.outcome_window_seconds else {}),
     }
 
 
