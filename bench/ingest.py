@@ -116,7 +116,12 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=50_000)
     ap.add_argument("--memory-units", type=int, default=100_000)
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--memory-only", action="store_true")
     args = ap.parse_args()
+    if args.memory_only:
+        with start_redis() as redis_server:
+            print(json.dumps(memory_per_unit(redis_server.url, args.memory_units, 12, 4096)))
+        return
     with start_broker() as broker:
         redis_server = start_redis()
         try:

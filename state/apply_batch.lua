@@ -1,13 +1,15 @@
 -- Apply one partition batch atomically, or nothing (DESIGN §2, "exactly-once effect").
 --
--- Commit order: (1) fence on the owner epoch, (2) fence on every topic-partition offset,
+-- Commit order: (1) fence on the owner epoch, (2) fence on every topic-partition offset: the
+-- stored offset must be exactly the one the owner last wrote (or saw at assignment), so a
+-- replayed batch, or a Redis that lost its tail (AOF restart), sends the owner back to seek,
 -- (3) check every moment matrix's shift, then and only then (4) write unit states, pending
 -- events and matrix increments, (5) counters, (6) the new offsets. Steps 1-3 write nothing
 -- but a refusal counter, so a refused (zombie or replayed) batch changes no statistics.
 --
 -- KEYS[1] epoch, KEYS[2] offsets, KEYS[3] counters, KEYS[4..] data keys addressed by index.
 -- ARGV: epoch, then sections, each "count" followed by its tuples:
---   offsets   (field, first_offset, next_offset)
+--   offsets   (field, expected_stored_offset or "" if none stored yet, next_offset)
 --   matrices  (key_index, field, d, blob)   blob = shift (d doubles) .. upper-triangle delta
 --   hset      (key_index, field, value)
 --   hdel      (key_index, field)
@@ -34,9 +36,9 @@ end
 local n = tonumber(nextarg())
 local offsets = {}
 for i = 1, n do
-  local field, first, nxt = nextarg(), tonumber(nextarg()), nextarg()
-  local stored = redis.call('HGET', KEYS[2], field)
-  if stored and first < tonumber(stored) then
+  local field, expected, nxt = nextarg(), nextarg(), nextarg()
+  local stored = redis.call('HGET', KEYS[2], field) or ''
+  if stored ~= expected then
     redis.call('HINCRBY', KEYS[3], 'refused_offset', 1)
     return {0, 'offset', field .. '=' .. stored}
   end

@@ -32,7 +32,8 @@ class BatchWrite:
 
     partition: int
     epoch: int
-    offsets: list[tuple[str, int, int]] = field(default_factory=list)  # topic, first, next
+    # topic, offset the owner believes is stored (None: none yet), next offset to store
+    offsets: list[tuple[str, int | None, int]] = field(default_factory=list)
     matrices: dict[tuple[str, str], tuple[FloatArray, FloatArray]] = field(default_factory=dict)
     units: dict[tuple[str, int, str], bytes] = field(default_factory=dict)  # exp,bucket,unit
     pending_set: dict[str, bytes] = field(default_factory=dict)
@@ -156,8 +157,8 @@ class PartitionStore:
             return index[name]
 
         args: list[Any] = [w.epoch, len(w.offsets)]
-        for topic, first, nxt in w.offsets:
-            args += [topic, first, nxt]
+        for topic, expected, nxt in w.offsets:
+            args += [topic, "" if expected is None else expected, nxt]
         args.append(len(w.matrices))
         for (exp, variation), (shift, delta) in w.matrices.items():
             iu = np.triu_indices(len(shift) + 1)

@@ -117,7 +117,10 @@ class BatchBuilder:
             del self._shifts[key]
 
     # ------------------------------------------------------------------------------------
-    def build(self, partition: int, epoch: int, records: Sequence[RawRecord]) -> PreparedBatch:
+    def build(self, partition: int, epoch: int, records: Sequence[RawRecord],
+              stored: Mapping[str, int | None] | None = None) -> PreparedBatch:
+        """``stored``: per topic the offset the owner believes Redis holds (default: the
+        batch's first offset, for callers that feed contiguous batches from the start)."""
         w = BatchWrite(partition, epoch)
         out = PreparedBatch(w)
         firsts: dict[str, int] = {}
@@ -141,7 +144,8 @@ class BatchBuilder:
                 exposures.append(msg)
             elif isinstance(msg, Event):
                 events.append(msg)
-        w.offsets = [(t, firsts[t], nexts[t]) for t in sorted(firsts)]
+        w.offsets = [(t, stored[t] if stored is not None and t in stored else
+                      (firsts[t] or None), nexts[t]) for t in sorted(firsts)]
         w.counters["dead_letters"] += len(out.dead_letters)
         w.counters["messages"] += len(records)
         self._apply(partition, w, exposures, events)

@@ -77,6 +77,7 @@ class IngestWorker:
         self._registry_checked = 0.0
         self.stats: dict[str, float] = defaultdict(float)
         self._applied: dict[Any, int] = {}
+        self.expected: dict[tuple[str, int], int | None] = {}
 
     # -- start-up -------------------------------------------------------------------------
     def check_topics(self) -> int:
@@ -130,10 +131,12 @@ class IngestWorker:
             self.builder.forget(p)
 
     def _seek_stored(self, p: int) -> None:
+        """Seek both topic-partitions to the offsets in Redis and expect exactly those."""
         assert self.consumer is not None
         stored = self.store.stored_offsets(p)
         for topic in (self.topics.exposures, self.topics.events):
             tp = TopicPartition(topic, p)
+            self.expected[topic, p] = stored.get(topic)
             if topic in stored:
                 self.consumer.seek(tp, stored[topic])
             else:
@@ -177,7 +180,9 @@ class IngestWorker:
             return
         t0 = time.perf_counter()
         try:
-            batch = self.builder.build(p, epoch, records)
+            stored = {t: self.expected.get((t, p)) for t in
+                      (self.topics.exposures, self.topics.events)}
+            batch = self.builder.build(p, epoch, records, stored)
         except Exception:
             self.builder.forget(p)
             raise
@@ -194,6 +199,7 @@ class IngestWorker:
         if outcome.applied:
             for topic, _, nxt in batch.write.offsets:
                 self._applied[TopicPartition(topic, p)] = nxt
+                self.expected[topic, p] = nxt
             self.stats["messages"] += len(records)
             self.stats["batches"] += 1
             self.stats["dead_letters"] += len(batch.dead_letters)
@@ -202,8 +208,12 @@ class IngestWorker:
         self.stats[f"refused_{outcome.reason}"] += 1
         log.warning("%s: batch of partition %d refused (%s %s)", self.name, p, outcome.reason,
                     outcome.detail)
+        assert self.consumer is not None
         if outcome.reason == "epoch":
+            # someone claimed p since; if Kafka still assigns it here, claim it back
             self.owned.pop(p, None)
+            if p in {tp.partition for tp in self.consumer.assignment()}:
+                self.acquire({p})
         else:
             self._seek_stored(p)
 

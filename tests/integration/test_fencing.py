@@ -10,8 +10,9 @@ from state.store import BatchWrite, PartitionStore
 
 
 def _batch(p: int, epoch: int, first: int, nxt: int, value: float) -> BatchWrite:
+    """A batch of offsets ``first..nxt`` whose owner believes ``first`` is stored."""
     w = BatchWrite(p, epoch)
-    w.offsets = [("events", first, nxt)]
+    w.offsets = [("events", first or None, nxt)]
     shift = np.array([1.0])
     delta = np.array([[1.0, value - 1.0], [value - 1.0, (value - 1.0) ** 2]])
     w.matrices[("exp", "control")] = (shift, delta)
@@ -31,11 +32,13 @@ def test_zombie_and_replayed_batches_are_refused_and_counted(redis_url: str) -> 
     assert not zombie.applied and zombie.reason == "epoch"
     replay = store.apply(_batch(3, new, 5, 20, 5.0))  # overlaps offsets already applied
     assert not replay.applied and replay.reason == "offset"
+    gap = store.apply(_batch(3, new, 15, 20, 5.0))  # Redis lost its tail: owner is ahead
+    assert not gap.applied and gap.reason == "offset"
     assert client.hgetall(keys.matrices(3, "exp")) == before
     assert client.hget(keys.units(3, "exp", 0), "u10") is None
     assert store.stored_offsets(3) == {"events": 10}
     counters = client.hgetall(keys.counters(3))
-    assert counters[b"refused_epoch"] == b"1" and counters[b"refused_offset"] == b"1"
+    assert counters[b"refused_epoch"] == b"1" and counters[b"refused_offset"] == b"2"
     assert counters[b"messages"] == b"10"
     assert store.apply(_batch(3, new, 10, 20, 5.0)).applied
     assert store.stored_offsets(3) == {"events": 20}
