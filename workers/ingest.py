@@ -16,6 +16,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from state.layout import ExperimentLayout
 from state.model_cache import ModelCache
 from state.models import ModelRegistry
@@ -78,6 +80,7 @@ class IngestWorker:
         self.stats: dict[str, float] = defaultdict(float)
         self._applied: dict[Any, int] = {}
         self.expected: dict[tuple[str, int], int | None] = {}
+        self.unclaimed: set[int] = set()
 
     # -- start-up -------------------------------------------------------------------------
     def check_topics(self) -> int:
@@ -117,15 +120,24 @@ class IngestWorker:
 
     # -- ownership ------------------------------------------------------------------------
     def acquire(self, partitions: set[int]) -> None:
+        """Claim each partition (new epoch) and seek to its stored offsets; a partition whose
+        claim fails (Redis down) is retried by the loop."""
         assert self.consumer is not None
         for p in sorted(partitions):
-            epoch = self.store.claim(p)
+            try:
+                epoch = self.store.claim(p)
+                self.builder.forget(p)
+                self._seek_stored(p)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("%s: cannot claim partition %d yet: %s", self.name, p, exc)
+                self.unclaimed.add(p)
+                continue
+            self.unclaimed.discard(p)
             self.owned[p] = epoch
-            self.builder.forget(p)
-            self._seek_stored(p)
             log.info("%s: owns partition %d (epoch %d)", self.name, p, epoch)
 
     def release(self, partitions: set[int]) -> None:
+        self.unclaimed -= partitions
         for p in partitions:
             self.owned.pop(p, None)
             self.builder.forget(p)
@@ -160,15 +172,20 @@ class IngestWorker:
             while not self.stop_event.is_set():
                 polled = self.consumer.poll(timeout_ms=s.batch_timeout_ms,
                                             max_records=s.batch_size)
-                self.refresh_experiments()
                 by_partition: dict[int, list[RawRecord]] = defaultdict(list)
                 for tp, records in polled.items():
                     for r in records:
                         by_partition[tp.partition].append(RawRecord(tp.topic, r.offset, r.value))
-                for p, records in by_partition.items():
-                    self._apply(p, records)
-                    if on_batch is not None:
-                        on_batch(p, len(records))
+                try:
+                    if self.unclaimed:
+                        self.acquire(set(self.unclaimed))
+                    self.refresh_experiments()
+                    for p, records in by_partition.items():
+                        self._apply(p, records)
+                        if on_batch is not None:
+                            on_batch(p, len(records))
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    self._recover(exc)
                 if polled:
                     self._commit_for_lag()
         finally:
@@ -216,6 +233,23 @@ class IngestWorker:
                 self.acquire({p})
         else:
             self._seek_stored(p)
+
+    def _recover(self, exc: Exception) -> None:
+        """Redis went away: wait for it, then resume every owned partition from the offsets
+        it actually holds (an AOF restart may have lost its last writes)."""
+        log.warning("%s: Redis unavailable (%s); waiting", self.name, exc)
+        delay = 0.2
+        while not self.stop_event.is_set():
+            try:
+                self.client.ping()
+                for p in list(self.owned):
+                    self.builder.forget(p)
+                    self._seek_stored(p)
+                log.info("%s: Redis is back; resumed from stored offsets", self.name)
+                return
+            except (redis.ConnectionError, redis.TimeoutError):
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     def _commit_for_lag(self) -> None:
         assert self.consumer is not None

@@ -1,0 +1,44 @@
+"""Agreement of two result documents (streamed vs batch), number by number.
+
+>>> a = {"slices": [{"variations": [], "metrics": []}]}
+>>> document_differences(a, a)
+[]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _close(a: float, b: float, rel: float) -> bool:
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-300) or (math.isnan(a) and math.isnan(b))
+
+
+def document_differences(a: dict[str, Any], b: dict[str, Any], rel: float = 1e-9
+                         ) -> list[str]:
+    """Every estimator field of the first slice that differs beyond ``rel`` (empty: agree)."""
+    sa, sb = a["slices"][0], b["slices"][0]
+    out = []
+    va = [(v["name"], v["n"]) for v in sa["variations"]]
+    vb = [(v["name"], v["n"]) for v in sb["variations"]]
+    if va != vb:
+        out.append(f"variations {va} != {vb}")
+    for ma, mb in zip(sa["metrics"], sb["metrics"], strict=False):
+        for ca, cb in zip(ma["comparisons"], mb["comparisons"], strict=False):
+            where = f"{ma['metric']}/{ca['treatment']}"
+            if set(ca["estimators"]) != set(cb["estimators"]):
+                out.append(f"{where}: estimators {sorted(ca['estimators'])} != "
+                           f"{sorted(cb['estimators'])}")
+                continue
+            for name, ea in ca["estimators"].items():
+                for field, x in ea.items():
+                    y = cb["estimators"][name][field]
+                    if isinstance(x, float) and isinstance(y, float):
+                        if not _close(x, y, rel):
+                            out.append(f"{where}/{name}.{field}: {x!r} != {y!r}")
+                    elif x != y:
+                        out.append(f"{where}/{name}.{field}: {x!r} != {y!r}")
+    if len(sa["metrics"]) != len(sb["metrics"]):
+        out.append(f"{len(sa['metrics'])} metrics != {len(sb['metrics'])}")
+    return out
