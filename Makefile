@@ -28,3 +28,16 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench bench-quick chaos soak
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
+
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos
+
+soak: $(STAMP)
+	$(BIN)/python -c "import json; from bench.freshness import run; print(json.dumps(run(2000.0, 600.0), indent=1))"

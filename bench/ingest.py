@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +27,7 @@ from stream.kafka import TopicPartition, ensure_topics, make_consumer, make_prod
 from stream.messages import Event, Exposure, encode_event, encode_exposure
 from workers.embedded import start_broker, start_redis
 from workers.ingest import IngestWorker
-from workers.settings import Settings
+from workers.settings import Settings, to_env
 
 DEFINITION = {"id": "bench", "variations": ["control", "treatment"],
               "metrics": [{"name": "revenue", "event": "purchase", "aggregate": "sum"}],
@@ -111,44 +116,92 @@ def memory_per_unit(redis_url: str, units: int, partitions: int, buckets: int) -
             "bytes_per_unit": used / units, "apply_msgs_per_s": 2 * units / seconds}
 
 
+def _publish(s: Settings, msgs: list[tuple[str, bytes, bytes]]) -> None:
+    producer = make_producer(s.kafka_bootstrap, linger_ms=20)
+    topics = {"exposures": s.topic_exposures, "events": s.topic_events}
+    for kind, key, value in msgs:
+        producer.send(topics[kind], value=value, key=key)
+    producer.flush()
+    producer.close()
+
+
+def _fresh_settings(bootstrap: str, redis_url: str, name: str, partitions: int) -> Settings:
+    s = Settings(kafka_bootstrap=bootstrap, redis_url=redis_url,
+                 topic_exposures=f"{name}.exposures", topic_events=f"{name}.events",
+                 topic_dead_letters=f"{name}.dead", group_id=f"{name}-group",
+                 partitions=partitions, batch_size=5000, batch_timeout_ms=100)
+    ensure_topics(s.kafka_bootstrap, {s.topic_exposures: s.partitions,
+                                      s.topic_events: s.partitions})
+    return s
+
+
+def process_rate(s: Settings, total: int, workers: int) -> float:
+    """Messages/s of ``workers`` worker processes, from the first applied batch to the last."""
+    client = connect(s.redis_url)
+    client.flushall()
+    Registry(client).create(parse_definition(DEFINITION))
+    exe = Path(sys.executable).parent / "liftstream"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIFTSTREAM_")},
+           **to_env(s)}
+    procs = [subprocess.Popen([str(exe), "worker", "--name", f"w{i}"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for i in range(workers)]
+    try:
+        start = None
+        while True:
+            n = partition_count(client)
+            done = int(read_counters(client, range(n)).get("messages", 0)) if n else 0
+            if done and start is None:
+                start = (time.perf_counter(), done)
+            if done >= total:
+                break
+            time.sleep(0.02)
+        assert start is not None
+        return (total - start[1]) / (time.perf_counter() - start[0])
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=30)
+
+
+def throughput(units: int, partitions: int = 4, scaling: bool = False) -> dict[str, Any]:
+    """Worker vs bare consumer on the same topics, same run (and 1 vs 2 worker processes)."""
+    with start_broker() as broker, start_redis() as redis_server:
+        s = _fresh_settings(broker.bootstrap, redis_server.url, "b", partitions)
+        client = connect(s.redis_url)
+        Registry(client).create(parse_definition(DEFINITION))
+        msgs = messages(units)
+        _publish(s, msgs)
+        topics = [s.topic_exposures, s.topic_events]
+        bare = bare_consumer_rate(s.kafka_bootstrap, topics, s.partitions, len(msgs))
+        worker = worker_rate(s, len(msgs))
+        out: dict[str, Any] = {"messages": len(msgs), "bare_consumer_msgs_per_s": round(bare),
+                               "worker_msgs_per_s": round(worker),
+                               "ratio": round(worker / bare, 3)}
+        if scaling:
+            rates = {}
+            for n in (1, 2):
+                s_n = _fresh_settings(broker.bootstrap, redis_server.url, f"s{n}", partitions)
+                _publish(s_n, msgs)
+                rates[str(n)] = round(process_rate(s_n, len(msgs), n))
+            out["scaling"] = rates
+        return out
+
+
+def memory_only(units: int) -> dict[str, Any]:
+    with start_redis() as redis_server:
+        return memory_per_unit(redis_server.url, units, 12, 4096)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--units", type=int, default=50_000)
     ap.add_argument("--memory-units", type=int, default=100_000)
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--scaling", action="store_true")
     args = ap.parse_args()
-    if args.memory_only:
-        with start_redis() as redis_server:
-            print(json.dumps(memory_per_unit(redis_server.url, args.memory_units, 12, 4096)))
-        return
-    with start_broker() as broker:
-        redis_server = start_redis()
-        try:
-            s = Settings(kafka_bootstrap=broker.bootstrap, redis_url=redis_server.url,
-                         topic_exposures="b.exposures", topic_events="b.events",
-                         topic_dead_letters="b.dead", group_id="bench",
-                         partitions=args.partitions, batch_size=5000, batch_timeout_ms=100)
-            ensure_topics(s.kafka_bootstrap, {s.topic_exposures: s.partitions,
-                                              s.topic_events: s.partitions})
-            client = connect(s.redis_url)
-            Registry(client).create(parse_definition(DEFINITION))
-            msgs = messages(args.units)
-            producer = make_producer(s.kafka_bootstrap, linger_ms=20)
-            topics = {"exposures": s.topic_exposures, "events": s.topic_events}
-            for kind, key, value in msgs:
-                producer.send(topics[kind], value=value, key=key)
-            producer.flush()
-            producer.close()
-            bare = bare_consumer_rate(s.kafka_bootstrap, list(topics.values()), s.partitions,
-                                      len(msgs))
-            worker = worker_rate(s, len(msgs))
-            memory = memory_per_unit(s.redis_url, args.memory_units, 12, 4096)
-        finally:
-            redis_server.stop()
-    print(json.dumps({"messages": len(msgs), "bare_consumer_msgs_per_s": round(bare),
-                      "worker_msgs_per_s": round(worker), "ratio": round(worker / bare, 3),
-                      "memory": memory}, indent=1))
+    print(json.dumps({"throughput": throughput(args.units, scaling=args.scaling),
+                      "memory": memory_only(args.memory_units)}, indent=1))
 
 
 if __name__ == "__main__":

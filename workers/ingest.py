@@ -167,7 +167,7 @@ class IngestWorker:
         self.consumer = make_consumer(
             s.kafka_bootstrap, s.group_id, [s.topic_exposures, s.topic_events],
             listener=_Rebalance(self), client_id=self.name, max_poll_records=s.batch_size,
-            **sec)
+            overrides={"fetch_max_wait_ms": 100}, **sec)
         try:
             while not self.stop_event.is_set():
                 polled = self.consumer.poll(timeout_ms=s.batch_timeout_ms,
