@@ -552,6 +552,19 @@ def _text(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+LAYOUT_FIELDS = ("variations", "metrics", "in_experiment", "covariates", "model")
+
+
+def _check_same_layout(old: ExperimentDef, new: ExperimentDef) -> None:
+    """Stored unit states and moment matrices are laid out by these fields: a replacement
+    may change analysis settings, window and status, never them."""
+    for name in LAYOUT_FIELDS:
+        if getattr(old, name) != getattr(new, name):
+            raise DefinitionError(
+                f"{name}: cannot change on existing experiment {old.id!r} (its stored "
+                f"statistics are laid out by it); create a new experiment id instead")
+
+
 class Registry:
     """Experiment definitions in Redis (``ls:registry`` hash + ``ls:registry:version``)."""
 
@@ -565,6 +578,9 @@ class Registry:
         """Store ``d``; raises :class:`ExperimentExists` if the id exists and not ``replace``."""
         raw = d.to_json()
         if replace:
+            old = self.get(d.id)
+            if old is not None:
+                _check_same_layout(old, d)
             self._r.hset(REGISTRY_KEY, d.id, raw)
         elif not self._r.hsetnx(REGISTRY_KEY, d.id, raw):
             raise ExperimentExists(f"experiment {d.id!r} already exists (use replace)")

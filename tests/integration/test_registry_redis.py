@@ -65,8 +65,10 @@ def exercise(reg: Registry) -> None:
         reg.create(definition("a-exp", model="tree"))
     assert reg.get("a-exp") == a and reg.version() == 2
 
-    a2 = definition("a-exp", model="tree")
-    reg.create(a2, replace=True)
+    with pytest.raises(DefinitionError, match="model: cannot change"):
+        reg.create(definition("a-exp", model="tree", weights=[1, 3]), replace=True)
+    a2 = definition("a-exp", weights=[1, 3], alpha=0.01)
+    reg.create(a2, replace=True)  # analysis settings may change, the layout may not
     assert reg.get("a-exp") == a2 and reg.version() == 3
 
     stopped = reg.stop("b-exp")
