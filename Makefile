@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint typecheck unit demo clean
+.PHONY: test lint typecheck unit demo clean browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) browser-deps
 	$(BIN)/pytest --doctest-modules estimators tests
 
 test: lint typecheck unit
+
+# Headless Chromium + chromedriver (Debian packages) for tests/integration/
+# test_dashboard_browser.py; does nothing when both are installed already.
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  if command -v apt-get >/dev/null 2>&1 && $$SUDO apt-get update -qq \
+	     && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	  then echo "browser-deps: installed chromium and chromium-driver"; \
+	  else echo "browser-deps: could not install chromium; the browser test will be skipped"; fi; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/liftstream demo

@@ -181,7 +181,7 @@ def throughput(units: int, partitions: int = 4, scaling: bool = False) -> dict[s
                                "ratio": round(worker / bare, 3)}
         if scaling:
             rates = {}
-            for n in (1, 2):
+            for n in (1, 2, 3):
                 s_n = _fresh_settings(broker.bootstrap, redis_server.url, f"s{n}", partitions)
                 _publish(s_n, msgs)
                 rates[str(n)] = round(process_rate(s_n, len(msgs), n))

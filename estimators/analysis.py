@@ -18,6 +18,7 @@ from estimators import bayes
 from estimators.contrast import Contrast, Inference, NotEstimable, to_estimate, with_reduction
 from estimators.lin_crespo import lin_crespo, residual_by_covariates, residual_by_prediction
 from estimators.moments import MomentMatrix
+from estimators.proxy import DEFAULT_RIDGE, proxy_estimate
 from estimators.records import BayesResult, CovariateCheck, Estimate
 from estimators.regression import adjusted, cupac, cuped, diff, mlrate
 from estimators.selection import balance_p_values, select_covariates
@@ -41,6 +42,10 @@ class MetricSpec:
     covariates: tuple[str, ...] = ()
     prediction: str | None = None
     in_experiment: tuple[str, ...] = ()
+    # optional, separate, biased: the predicted-metric proxy (estimators.proxy)
+    proxy_indicators: tuple[str, ...] = ()
+    proxy_ridge: float = DEFAULT_RIDGE
+    proxy_include_outcome: bool = True
 
     def __post_init__(self) -> None:
         if self.kind == "ratio":
@@ -84,6 +89,7 @@ class Comparison:
     covariate_selection: tuple[CovariateCheck, ...]
     bayes: BayesResult
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    proxy: Estimate | None = None  # biased predicted-metric proxy; never in ``estimators``
 
     @property
     def primary(self) -> Estimate:
@@ -124,7 +130,23 @@ def analyze_metric(spec: MetricSpec, arms: Mapping[str, MomentMatrix], control: 
         raise KeyError(f"control {control!r} is not among the variations {list(arms)}")
     comps = tuple(_compare(spec, arms[name], arms[control], name, control, settings)
                   for name in arms if name != control)
+    if spec.proxy_indicators:
+        comps = tuple(_with_proxy(spec, c, arms, settings) for c in comps)
     return MetricResult(spec.name, spec.kind, comps)
+
+
+def _with_proxy(spec: MetricSpec, comp: Comparison, arms: Mapping[str, MomentMatrix],
+                s: AnalysisSettings) -> Comparison:
+    """Attach the biased ``proxy`` (fitted on all arms pooled); it is never primary."""
+    mt, mc = arms[comp.treatment], arms[comp.control]
+    if spec.kind == "ratio" or spec.outcome is None:
+        e = Estimate("proxy", biased=True, note="the proxy applies to binary and numeric "
+                                                 "metrics only")
+    else:
+        inf = Inference(s.alpha, mt.n + mc.n, s.sequential_tuning)
+        e = proxy_estimate(mt, mc, spec.outcome, spec.proxy_indicators, inf, spec.proxy_ridge,
+                           spec.proxy_include_outcome, pooled=list(arms.values()))
+    return replace(comp, proxy=with_reduction(e, comp.estimators["diff"]))
 
 
 def _compare(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, treatment: str,

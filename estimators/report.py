@@ -48,7 +48,7 @@ def correct(metrics: Sequence[MetricResult], correction: Correction | None
 
 
 def comparison_document(c: Comparison) -> dict[str, Any]:
-    return {
+    doc = {
         "treatment": c.treatment,
         "control": c.control,
         "primary": c.primary.estimator,
@@ -57,6 +57,9 @@ def comparison_document(c: Comparison) -> dict[str, Any]:
         "bayes": as_dict(c.bayes),
         "diagnostics": as_dict(c.diagnostics),
     }
+    if c.proxy is not None:  # the biased predicted-metric proxy, kept apart (estimators.proxy)
+        doc["proxy"] = as_dict(c.proxy)
+    return doc
 
 
 def metric_document(m: MetricResult) -> dict[str, Any]:

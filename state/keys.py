@@ -10,7 +10,7 @@ Redis Cluster slot; a query merges all partitions.
 | ``ls:{p}:m:<exp>`` | hash | ``variation → packed moment matrix`` (shift + upper triangle) |
 | ``ls:{p}:u:<exp>:<b>`` | hash | ``unit → packed unit state``, bucket ``b = crc32(unit) % B`` |
 | ``ls:{p}:pend`` | hash | ``unit → events`` that arrived before the unit's exposure |
-| ``ls:{p}:pendq`` | zset | ``unit → earliest held event time`` (grace-period expiry) |
+| ``ls:{p}:pendq`` | zset | ``unit → wall-clock time it was first held`` (grace-period expiry) |
 | ``ls:{p}:c`` | hash | counters (exposures, withdrawn units, refused batches, …) |
 | ``ls:meta`` | hash | ``partitions`` — the topic partition count the workers run with |
 """

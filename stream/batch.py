@@ -2,6 +2,9 @@
 
 Rules (DESIGN §2, "Time"):
 
+* Held events wait at most ``grace_seconds`` of processing time for their exposure (a
+  timestamp, however far in the future, cannot expire them); at most ``max_pending`` units
+  are held per partition.
 * A unit's first exposure creates its state; a later exposure to a *different* variation
   withdraws the unit from the statistics (counted); a repeat to the same variation is ignored.
 * An event counts for an experiment when its timestamp is at or after the unit's exposure and
@@ -17,11 +20,12 @@ the stored matrix's shifted coordinates.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
 import numpy as np
@@ -34,8 +38,7 @@ from state.units import WITHDRAWN, UnitState
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
 
 
-@dataclass(frozen=True)
-class RawRecord:
+class RawRecord(NamedTuple):
     topic: str
     offset: int
     value: bytes
@@ -63,6 +66,7 @@ class HeldEvent(msgspec.Struct, array_like=True):
     id: str | None = None
 
 
+CLOCK_SKEW_SECONDS = 60.0  # event times beyond now + this count as now (freshness, maturity)
 _HELD = msgspec.msgpack.Encoder()
 _HELD_DECODE = msgspec.msgpack.Decoder(list[HeldEvent])
 
@@ -98,18 +102,27 @@ class BatchBuilder:
 
     def __init__(self, store: PartitionStore, topics: Topics, buckets: int,
                  grace_seconds: float, max_pending: int,
-                 predictor: Predictor | None = None) -> None:
+                 predictor: Predictor | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.predictor = predictor
+        self.clock = clock
         self.topics = topics
         self.buckets = buckets
         self.grace = grace_seconds
         self.max_pending = max_pending
         self.layouts: dict[str, ExperimentLayout] = {}
+        self._routes: dict[str, list[str]] = {}
         self._shifts: dict[tuple[int, str], dict[str, FloatArray]] = {}
 
     def set_experiments(self, layouts: Mapping[str, ExperimentLayout]) -> None:
         self.layouts = dict(layouts)
+        routes: dict[str, list[str]] = defaultdict(list)
+        for x, lay in self.layouts.items():
+            if lay.definition.status == "running":
+                for name in lay.event_columns:
+                    routes[name].append(x)
+        self._routes = dict(routes)
 
     def forget(self, partition: int) -> None:
         """Drop cached shifts of a partition (after losing it or a refused batch)."""
@@ -170,8 +183,7 @@ class BatchBuilder:
         if e.experiment is not None:
             lay = self.layouts[e.experiment]
             return [e.experiment] if e.event in lay.event_columns else []
-        return [x for x, lay in self.layouts.items()
-                if e.event in lay.event_columns and lay.definition.status == "running"]
+        return self._routes.get(e.event, [])
 
     def _apply(self, p: int, w: BatchWrite, exposures: list[Exposure],
                events: list[Event]) -> None:
@@ -231,6 +243,7 @@ class BatchBuilder:
             else:
                 w.counters[f"{x.experiment}:repeat_exposures"] += 1
 
+        stored_held: int | None = None
         for e, ts in zip(events, targets, strict=True):
             last_ts = e.ts if last_ts is None else max(last_ts, e.ts)
             missing = False
@@ -243,9 +256,14 @@ class BatchBuilder:
                 current[ekey] = self._count(self.layouts[name], est, e.event, e.value, e.ts,
                                             e.id, w, name)
             if missing:
+                if e.unit not in held:
+                    if stored_held is None:
+                        stored_held = self.store.pending_count(p)
+                    if stored_held + len(held) - len(held_stored) >= self.max_pending:
+                        w.counters["held_overflow"] += 1
+                        continue
                 lst = held.setdefault(e.unit, [])
-                if len(lst) >= 1000 or (e.unit not in held_stored and
-                                        len(held) > self.max_pending):
+                if len(lst) >= 1000:
                     w.counters["held_overflow"] += 1
                 else:
                     lst.append(HeldEvent(e.event, e.value, e.ts, e.experiment, e.id))
@@ -253,13 +271,18 @@ class BatchBuilder:
             elif not ts:
                 w.counters["events_unrouted"] += 1
         w.counters["events"] += len(events)
+        if last_ts is not None:
+            # freshness: a far-future timestamp must not claim data newer than it is
+            last_ts = min(last_ts, self.clock() + CLOCK_SKEW_SECONDS)
         w.last_event_ts = last_ts
 
+        now = self.clock()
         for u in held_changed:
             w.pending_set[u] = _HELD.encode(held[u])
-            w.pending_queue_add[u] = min(h.ts for h in held[u])
-        if last_ts is not None:
-            for u in self.store.expired_pending(p, last_ts - self.grace):
+            if u not in held_stored:  # the grace period runs from when a unit was first held
+                w.pending_queue_add[u] = now
+        if held_stored or held_changed or exposures or events:
+            for u in self.store.expired_pending(p, now - self.grace):
                 if u not in held_changed:
                     w.pending_del.add(u)
                     w.counters["held_expired"] += 1
@@ -315,7 +338,7 @@ class BatchBuilder:
         times = [x.ts for x in exposures] + [e.ts for e in events]
         if not times:
             return
-        members = self.store.matured(p, max(times))
+        members = self.store.matured(p, min(max(times), self.clock() + CLOCK_SKEW_SECONDS))
         if not members:
             return
         wanted: dict[str, list[str]] = defaultdict(list)

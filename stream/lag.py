@@ -40,10 +40,7 @@ class LagReading:
 def high_watermarks(bootstrap: str, topics: Sequence[str], partitions: int,
                     timeout_s: float = 3.0, **security: Any) -> dict[tuple[str, int], int]:
     """High watermark of each topic-partition (missing ones are left out after ``timeout_s``)."""
-    consumer = make_consumer(bootstrap, None, client_id="liftstream-lag",
-                             overrides={"request_timeout_ms": max(1000, int(timeout_s * 1000)),
-                                        "api_version_auto_timeout_ms": 2000},
-                             **security)
+    consumer = make_consumer(bootstrap, None, client_id="liftstream-lag", **security)
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         consumer.assign(tps)

@@ -295,16 +295,31 @@ def encode_event(e: Event) -> bytes:
     return _encoder.encode(e)
 
 
-def dead_letter(raw: bytes, topic: str, partition: int, offset: int, reason: str) -> bytes:
-    """A dead-letter record: reason, origin, the original bytes (base64, and text if UTF-8)."""
-    data = bytes(raw)
+DEAD_LETTER_ORIGINAL_BYTES: Final = 64 * 1024
+
+
+def dead_letter(raw: bytes | None, topic: str, partition: int, offset: int,
+                reason: str) -> bytes:
+    """A dead-letter record: reason, origin, the original bytes (base64, and text if UTF-8).
+
+    A tombstone (``None`` value) is recorded as such; an original over 64 KiB is truncated
+    (``original_size`` keeps its length), so a dead letter always fits a Kafka message.
+    """
+    data = b"" if raw is None else bytes(raw)
+    kept = data[:DEAD_LETTER_ORIGINAL_BYTES]
     doc: dict[str, Any] = {
         "reason": reason,
         "topic": topic,
         "partition": partition,
         "offset": offset,
-        "original_b64": base64.b64encode(data).decode("ascii"),
+        "original_size": len(data),
+        "original_b64": base64.b64encode(kept).decode("ascii"),
     }
-    with contextlib.suppress(UnicodeDecodeError):
-        doc["original"] = data.decode("utf-8")
+    if raw is None:
+        doc["tombstone"] = True
+    if len(kept) < len(data):
+        doc["truncated"] = True
+    elif len(data) <= 4096:
+        with contextlib.suppress(UnicodeDecodeError):
+            doc["original"] = data.decode("utf-8")
     return _encoder.encode(doc)

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_experiments_parser(sub)
 
-    from workers.api import add_api_parser
+    from workers.api_cli import add_api_parser
 
     add_api_parser(sub)
 
@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     from workers.demo import add_demo_parser
 
     add_demo_parser(sub)
+
+    from workers.learner import add_learner_parser
+    from workers.models_cli import add_models_parser
+
+    add_learner_parser(sub)
+    add_models_parser(sub)
     return parser
 
 

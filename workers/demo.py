@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,13 +26,13 @@ from typing import IO, Any
 
 import msgspec
 
-from state.registry import Registry, parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import connect, partition_count, read_counters
 from workers.embedded import start_broker, start_redis
 from workers.replay import prepare_topics
 from workers.settings import Settings, to_env
-from workers.simulate import SimulationConfig, run_simulation, simulation_definition, true_effects
+from workers.simulate import SimulationConfig, true_effects
 
 CHILDREN = (("worker-1", ["worker", "--name", "worker-1"]),
             ("worker-2", ["worker", "--name", "worker-2"]),
@@ -149,14 +148,11 @@ def run_demo(duration: float | None, as_json: bool, api_port: int, token: str | 
             "kafka_bootstrap": broker.bootstrap, "redis_url": redis_server.url,
             "partitions": 4, "api_port": api_port, "api_read_tokens": (token,),
             "api_admin_tokens": (token,), "model_hmac_key": secrets.token_hex(16),
-            "alert_interval_seconds": 2.0}
-        if "learner_snapshot_seconds" in Settings.__dataclass_fields__:
-            fields["learner_snapshot_seconds"] = 3.0
+            "alert_interval_seconds": 2.0, "learner_snapshot_seconds": 3.0}
         settings = replace(Settings(), **fields)
         prepare_topics(settings)
         cfg = demo_config(units, rate)
         client = connect(settings.redis_url)
-        Registry(client).create(parse_definition(simulation_definition(cfg)), replace=True)
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("LIFTSTREAM_")},
                **to_env(settings)}
         for name, argv in CHILDREN:
@@ -165,14 +161,13 @@ def run_demo(duration: float | None, as_json: bool, api_port: int, token: str | 
         print(f"liftstream demo: dashboard {url}\n  token {token}\n  logs {workdir}",
               file=say, flush=True)
         truth = true_effects(cfg)
-        sim = threading.Thread(target=_simulate, args=(settings, cfg), daemon=True)
-        sim.start()
+        children.append(start_child("simulator", simulator_argv(cfg), env, workdir))
         t0 = time.monotonic()
         last = (t0, 0)
         while duration is None or time.monotonic() - t0 < duration:
             time.sleep(2.0)
             for c in children:
-                if c.process.poll() is not None:
+                if c.process.poll() is not None and c.name != "simulator":
                     raise RuntimeError(f"{c.name} exited with {c.process.returncode}:\n"
                                        f"{c.tail()}")
             n = partition_count(client)
@@ -180,15 +175,15 @@ def run_demo(duration: float | None, as_json: bool, api_port: int, token: str | 
             now = time.monotonic()
             speed = (applied - last[1]) / max(1e-9, now - last[0])
             last = (now, applied)
-            if not as_json:
-                d = Registry(client).get("demo")
-                assert d is not None
+            d = Registry(client).get("demo")
+            if not as_json and d is not None:
                 text = _summary(experiment_document(client, d), truth, applied, speed,
                                 now - t0, url)
                 print("\033[2J\033[H" + text if sys.stdout.isatty() else text + "\n",
                       flush=True)
         d = Registry(client).get("demo")
-        assert d is not None
+        if d is None:
+            raise RuntimeError("the simulator never registered the experiment")
         if as_json:
             doc = {"experiment": "demo", "truth": truth,
                    "results": experiment_document(client, d)}
@@ -209,11 +204,22 @@ def run_demo(duration: float | None, as_json: bool, api_port: int, token: str | 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _simulate(settings: Settings, cfg: SimulationConfig) -> None:
-    try:
-        run_simulation(settings, cfg, progress=False)
-    except Exception as exc:  # the broker is gone at shutdown
-        print(f"liftstream demo: simulator stopped: {exc}", file=sys.stderr)
+def simulator_argv(cfg: SimulationConfig) -> list[str]:
+    """``liftstream simulate`` arguments reproducing ``cfg`` (it registers the experiment)."""
+    argv = ["simulate", "--experiment", cfg.experiment, "--units", str(cfg.units),
+            "--arms", str(cfg.arms), "--effect", str(cfg.effect),
+            "--covariate-strength", str(cfg.covariate_strength),
+            "--affected-candidate-shift", str(cfg.affected_candidate_shift),
+            "--late-fraction", str(cfg.late_fraction),
+            "--malformed-fraction", str(cfg.malformed_fraction), "--seed", str(cfg.seed),
+            "--start-ts", repr(cfg.start_ts), "--no-progress"]
+    if cfg.rate is not None:
+        argv += ["--rate", str(cfg.rate)]
+    if cfg.model is not None:
+        argv += ["--model", cfg.model]
+    if cfg.outcome_window_seconds is not None:
+        argv += ["--outcome-window", str(cfg.outcome_window_seconds)]
+    return argv
 
 
 def add_demo_parser(sub: argparse._SubParsersAction[Any]) -> None:

@@ -23,7 +23,7 @@ from state.model_cache import ModelCache
 from state.models import ModelRegistry
 from state.registry import Registry
 from state.store import PartitionStore, connect
-from stream.batch import BatchBuilder, RawRecord, Topics
+from stream.batch import BatchBuilder, PreparedBatch, RawRecord, Topics
 from stream.kafka import (
     ConsumerRebalanceListener,
     KafkaConsumer,
@@ -203,14 +203,9 @@ class IngestWorker:
         except Exception:
             self.builder.forget(p)
             raise
-        for dl in batch.dead_letters:
-            self.producer.send(self.settings.topic_dead_letters,
-                               dead_letter(dl.record.value, dl.record.topic, p,
-                                           dl.record.offset, dl.reason))
-        for example in batch.training:
-            self.producer.send(self.settings.topic_training, example)
-        if batch.dead_letters or batch.training:
-            self.producer.flush()
+        self._send_side_outputs(batch, p)
+        batch.write.counters["batches"] += 1
+        batch.write.counters["batch_micros"] += int((time.perf_counter() - t0) * 1e6)
         outcome = self.store.apply(batch.write)
         self.stats["batch_seconds"] += time.perf_counter() - t0
         if outcome.applied:
@@ -250,6 +245,35 @@ class IngestWorker:
             except (redis.ConnectionError, redis.TimeoutError):
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
+
+    def _send_side_outputs(self, batch: PreparedBatch, p: int) -> None:
+        """Dead letters and training examples, before the batch is applied (at least once).
+        A message the broker refuses is counted (``side_outputs_failed``), never fatal: one
+        poison record must not stop a partition."""
+        failed = 0
+        for dl in batch.dead_letters:
+            try:
+                self.producer.send(self.settings.topic_dead_letters,
+                                   dead_letter(dl.record.value, dl.record.topic, p,
+                                               dl.record.offset, dl.reason))
+            except Exception as exc:
+                failed += 1
+                log.error("%s: dead letter of %s/%d@%d not sent: %s", self.name,
+                          dl.record.topic, p, dl.record.offset, exc)
+        for example in batch.training:
+            try:
+                self.producer.send(self.settings.topic_training, example)
+            except Exception as exc:
+                failed += 1
+                log.error("%s: training example not sent: %s", self.name, exc)
+        if batch.dead_letters or batch.training:
+            try:
+                self.producer.flush(timeout=30)
+            except Exception as exc:
+                failed += 1
+                log.error("%s: flushing side outputs failed: %s", self.name, exc)
+        if failed:
+            batch.write.counters["side_outputs_failed"] += failed
 
     def _commit_for_lag(self) -> None:
         assert self.consumer is not None

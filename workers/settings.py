@@ -70,6 +70,9 @@ class Settings:
     alert_interval_seconds: float = 10.0
     alert_webhooks: tuple[str, ...] = ()
     stale_after_seconds: float = 300.0
+    learner_snapshot_examples: int = 5000
+    learner_snapshot_seconds: float = 10.0
+    learner_dedupe_window: int = 50_000
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -132,9 +135,10 @@ def _redact_url_path(url: str) -> str:
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}
 _POSITIVE_INT: Final = ("partitions", "batch_size", "batch_timeout_ms", "max_pending_events",
-                        "unit_buckets")
+                        "unit_buckets", "learner_snapshot_examples", "learner_dedupe_window")
 _NONNEGATIVE_FLOAT: Final = ("grace_seconds", "results_cache_seconds")
-_POSITIVE_FLOAT: Final = ("alert_interval_seconds", "stale_after_seconds")
+_POSITIVE_FLOAT: Final = ("alert_interval_seconds", "stale_after_seconds",
+                          "learner_snapshot_seconds")
 _BOOL: Final = ("redis_cluster",)
 _TUPLE: Final = ("api_read_tokens", "api_admin_tokens", "alert_webhooks")
 _OPTIONAL: Final = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",

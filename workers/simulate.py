@@ -453,7 +453,8 @@ def _simulate_command(args: argparse.Namespace) -> int:
             affected_candidate_shift=args.affected_candidate_shift,
             late_fraction=args.late_fraction, malformed_fraction=args.malformed_fraction,
             seed=args.seed, rate=args.rate,
-            start_ts=time.time() if args.start_ts is None else args.start_ts)
+            start_ts=time.time() if args.start_ts is None else args.start_ts,
+            model=args.model, outcome_window_seconds=args.outcome_window)
         parse_definition(simulation_definition(cfg))
     except (ValueError, DefinitionError) as exc:
         return _fail(str(exc))
@@ -498,5 +499,9 @@ def add_simulate_parser(sub: argparse._SubParsersAction[Any]) -> None:
                    help="messages per second; timestamps are paced to match (no limit)")
     p.add_argument("--start-ts", type=float, default=None,
                    help="timestamp of the first exposure, epoch seconds (now)")
+    p.add_argument("--model", choices=["linear", "logistic", "tree", "forest"], default=None,
+                   help="online learner whose frozen predictions feed CUPAC/MLRATE (none)")
+    p.add_argument("--outcome-window", type=float, default=None,
+                   help="seconds after exposure when a unit becomes a training example")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(handler=_simulate_command)

@@ -1,0 +1,98 @@
+"""``liftstream demo``: the headless form returns results with the truth; Ctrl-C leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from workers.embedded import free_port
+
+CLI = str(Path(sys.executable).parent / "liftstream")
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LIFTSTREAM_")}
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process whose ancestry leads to ``pid`` (children re-parented by setsid keep
+    their parent pid)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        nxt = {p for p, parent in parents.items() if parent in frontier} - out
+        out |= nxt
+        frontier = nxt
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_headless_demo_prints_truth_and_results() -> None:
+    port = free_port()
+    proc = subprocess.run([CLI, "demo", "--duration", "30", "--json", "--api-port", str(port)],
+                          env=_env(), capture_output=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    doc = json.loads(proc.stdout)
+    assert doc["experiment"] == "demo"
+    sl = doc["results"]["slices"][0]
+    assert sum(v["n"] for v in sl["variations"]) > 1000
+    assert [v["name"] for v in sl["variations"]] == ["control", "treatment_1", "treatment_2"]
+    metrics = {m["metric"]: m for m in sl["metrics"]}
+    assert set(doc["truth"]) <= set(metrics)
+    for name, by_treatment in doc["truth"].items():
+        comps = {c["treatment"]: c for c in metrics[name]["comparisons"]}
+        for treatment in by_treatment:
+            est = comps[treatment]["estimators"]
+            assert est["diff"]["effect"] is not None
+            assert "adjusted" in est
+    kinds = {m["kind"] for m in sl["metrics"]}
+    assert kinds == {"binary", "numeric", "ratio"}
+    selection = metrics["revenue"]["comparisons"][0]["covariate_selection"]
+    assert {c["name"] for c in selection} == {"pageviews", "support_tickets"}
+
+
+def test_sigint_stops_every_child() -> None:
+    port = free_port()
+    proc = subprocess.Popen([CLI, "demo", "--api-port", str(port), "--rate", "500"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the demo's API never answered")
+        children = _descendants(proc.pid)
+        assert len(children) >= 7  # broker, redis, 2 workers, learner, alerter, api, simulator
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    left = [p for p in children if _alive(p)]
+    assert left == [], f"processes left running: {left}"

@@ -1,0 +1,67 @@
+"""``liftstream api`` sub-command: settings, the token policy, uvicorn.
+
+Kept apart from :mod:`workers.api` so building the CLI parser does not import FastAPI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+__all__ = ["add_api_parser"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from workers.api import create_app, resolve_auth
+    from workers.settings import SettingsError, load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter while Kafka is down
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"liftstream api: error: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    auth, generated = resolve_auth(settings, args.insecure)
+    shown = f"[{host}]" if ":" in host else host
+    if auth.open:
+        print("liftstream api: WARNING: --insecure: no authentication, every caller is admin",
+              file=sys.stderr)
+    elif generated is not None:
+        print("liftstream api: no LIFTSTREAM_API_READ_TOKENS / LIFTSTREAM_API_ADMIN_TOKENS "
+              "set; generated an admin token for this run:\n"
+              f"  token:     {generated}\n"
+              f"  dashboard: http://{shown}:{port}/?token={generated}", file=sys.stderr,
+              flush=True)
+    app = create_app(settings, auth=auth, lag_interval=None if args.no_lag else args.lag_interval)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level,
+                access_log=args.access_log, timeout_graceful_shutdown=5)
+    return 0
+
+
+def add_api_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``api`` to the ``liftstream`` sub-commands."""
+    p = sub.add_parser(
+        "api", help="serve the query API, /metrics and the dashboard",
+        description="Serve the HTTP API (OpenAPI docs at /docs) and the dashboard at /. "
+                    "Tokens come from LIFTSTREAM_API_READ_TOKENS / LIFTSTREAM_API_ADMIN_TOKENS "
+                    "(admin implies read); with none set, a random admin token is generated "
+                    "for this run and printed with the dashboard URL.")
+    p.add_argument("--host", help="bind address (default: LIFTSTREAM_API_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: LIFTSTREAM_API_PORT, 8000)")
+    p.add_argument("--insecure", action="store_true",
+                   help="no authentication at all: every caller is admin (only behind an "
+                        "authenticating proxy)")
+    p.add_argument("--lag-interval", type=float, default=5.0,
+                   help="seconds between consumer-lag measurements (5)")
+    p.add_argument("--no-lag", action="store_true", help="do not measure consumer lag")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(handler=_serve)

@@ -1,0 +1,410 @@
+"""``liftstream learner``: train River models on the training topic, publish signed snapshots.
+
+Ingest workers publish a :class:`~stream.batch.TrainingExample` when a unit's outcome window
+closes — after its ŷ was frozen at exposure, so no unit trains the prediction it is analysed
+with (Tang et al. 2020, CUPAC; Guo et al. 2021, MLRATE: the model must not see the unit).
+The learner keeps one :class:`~workers.online_model.OnlineModel` per model id, its kind taken
+from the experiment definition (``"<experiment>.<metric>"`` → ``ExperimentDef.model``;
+``linear`` for ids of no registered experiment, e.g. historical examples), and publishes
+snapshots through :class:`~state.models.ModelRegistry` every
+``learner_snapshot_examples`` examples or ``learner_snapshot_seconds`` seconds.
+
+Consumption and exactly-once learning
+-------------------------------------
+* **Group-less consumer, explicit assignment** of every partition of the training topic. A
+  model's examples are spread over all partitions (they are not keyed by model), so two
+  learners sharing partitions through a consumer group would both own every model. Run one
+  learner; a second one is detected (the registry's latest version of a model is not the
+  one this learner published last) and stops with :class:`LearnerConflict`.
+* **Offsets live in the snapshot.** Each snapshot header stores, per training-topic
+  partition, the offset below which every example of *that model* is in the pickled state
+  (``"<topic>:<partition>" → offset``). Model state and offsets are written together in one
+  signed hash field, so they cannot disagree.
+* **Restart.** The learner loads the latest verifiable snapshot of every model (a tampered
+  one is refused and the previous version used: its offsets match its state) and seeks each
+  partition to the *smallest* stored offset; an example below its own model's stored offset
+  is skipped as already learned. A model that has no snapshot yet is published *first* in a
+  checkpoint, so the smallest stored offset never passes an example that is only in memory.
+  A model that gets no examples is re-published with current offsets every
+  :data:`TOUCH_SECONDS`, so it does not pin the restart position forever.
+* Examples repeated by ingest (at-least-once publishing around a crash) carry the same
+  ``id`` and are skipped by the model's window of recent ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+import redis.exceptions
+
+from state import keys
+from state.models import ModelRegistry, SignatureError
+from state.registry import ExperimentDef, Registry
+from state.store import Client, connect
+from stream.batch import TrainingExample
+from stream.kafka import TopicPartition, ensure_topics, make_consumer, partition_counts
+from workers.online_model import DEFAULT_KIND, KINDS, OnlineModel
+from workers.settings import Settings, SettingsError, load_settings
+
+__all__ = ["Learner", "LearnerConflict", "LearnerState", "add_learner_parser", "offset_key",
+           "parse_offset_key", "resolve_kind", "run_learner"]
+
+log = logging.getLogger("liftstream.learner")
+
+TOUCH_SECONDS: Final = 300.0
+KEEP_VERSIONS: Final = 5  # as state.models: how far back a refused latest snapshot may fall
+_DECODE = msgspec.json.Decoder(TrainingExample)
+
+
+class LearnerConflict(RuntimeError):
+    """Another process published a model this learner owns (two learners running?)."""
+
+
+def offset_key(topic: str, partition: int) -> str:
+    """Header key of a topic-partition's offset (Kafka topic names cannot contain ``:``)."""
+    return f"{topic}:{partition}"
+
+
+def parse_offset_key(key: str) -> tuple[str, int] | None:
+    topic, sep, part = key.rpartition(":")
+    if not sep or not part.isdigit():
+        return None
+    return topic, int(part)
+
+
+def resolve_kind(model_id: str, definitions: Mapping[str, ExperimentDef]) -> str:
+    """The model kind of ``"<experiment>.<metric>"`` (ids and metrics may contain dots)."""
+    for i, ch in enumerate(model_id):
+        if ch != ".":
+            continue
+        d = definitions.get(model_id[:i])
+        if d is not None and d.model in KINDS and \
+                model_id[i + 1:] in {m.name for m in d.metrics}:
+            return d.model
+    return DEFAULT_KIND
+
+
+@dataclass
+class _Slot:
+    """One model the learner owns."""
+
+    model: OnlineModel
+    version: int = 0  # the registry's latest version as far as this learner knows
+    floor: dict[int, int] = field(default_factory=dict)  # partition → all below is learned
+    dirty: int = 0  # examples learned since the last publish
+    published_at: float = 0.0  # time.monotonic() of the last publish
+
+
+@dataclass
+class LoadReport:
+    models: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # model id → refused versions
+    foreign: list[str] = field(default_factory=list)  # snapshots that are not OnlineModels
+
+
+class LearnerState:
+    """Everything but Kafka: models, per-model offsets, checkpoints (testable alone)."""
+
+    def __init__(self, registry: ModelRegistry, topic: str, *, snapshot_examples: int = 5000,
+                 snapshot_seconds: float = 10.0, dedupe_window: int = 50_000,
+                 definitions: Callable[[], Mapping[str, ExperimentDef]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.topic = topic
+        self.snapshot_examples = snapshot_examples
+        self.snapshot_seconds = snapshot_seconds
+        self.dedupe_window = dedupe_window
+        self._definitions = definitions or (lambda: {})
+        self.clock = clock
+        self.slots: dict[str, _Slot] = {}
+        self.foreign: set[str] = set()  # ids whose snapshots are not OnlineModels: left alone
+        self.processed: dict[int, int] = {}  # partition → next offset after the last handled
+        self.stats: Counter[str] = Counter()
+        self.since_checkpoint = 0
+        self.last_checkpoint = clock()
+
+    # -- start-up -------------------------------------------------------------------------
+    def load(self, model_ids: Iterable[str] | None = None) -> LoadReport:
+        """Load the latest verifiable snapshot of every model in the registry."""
+        report = LoadReport()
+        ids = model_ids if model_ids is not None else self._registered_ids()
+        for model_id in sorted(ids):
+            latest = self.registry.latest_version(model_id)
+            loaded = None
+            for version in range(latest, max(latest - KEEP_VERSIONS, 0), -1):
+                try:
+                    loaded = self.registry.load(model_id, version)
+                except SignatureError as exc:
+                    report.refused[model_id] = report.refused.get(model_id, 0) + 1
+                    self.stats["refused_snapshots"] += 1
+                    log.error("learner: refused snapshot (%s); trying an older version", exc)
+                    continue
+                if loaded is not None:
+                    break
+            if loaded is None:
+                if latest > 0:
+                    log.error("learner: no verifiable snapshot of %s: it restarts empty and "
+                              "re-learns the topic from the beginning", model_id)
+                    self.slots[model_id] = _Slot(self._new_model(model_id), latest)
+                continue
+            if not isinstance(loaded.model, OnlineModel):
+                report.foreign.append(model_id)
+                self.foreign.add(model_id)
+                log.warning("learner: snapshot of %s is a %s, not an OnlineModel: not managed",
+                            model_id, type(loaded.model).__name__)
+                continue
+            floor = {}
+            for key, off in loaded.header.offsets.items():
+                parsed = parse_offset_key(key)
+                if parsed is not None and parsed[0] == self.topic:
+                    floor[parsed[1]] = int(off)
+            self.slots[model_id] = _Slot(loaded.model, latest, floor, 0, self.clock())
+            report.models += 1
+        return report
+
+    def _registered_ids(self) -> list[str]:
+        raw: Any = self.registry.client.smembers(keys.MODEL_INDEX)
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
+
+    def start_offsets(self, partitions: Iterable[int]) -> dict[int, int | None]:
+        """Per partition: the smallest stored offset over all models (None = beginning)."""
+        out: dict[int, int | None] = {}
+        stored = [s for s in self.slots.values() if s.version > 0]
+        for p in partitions:
+            if not stored or any(p not in s.floor for s in stored):
+                out[p] = None
+            else:
+                out[p] = min(s.floor[p] for s in stored)
+        return out
+
+    # -- examples -------------------------------------------------------------------------
+    def handle(self, partition: int, offset: int, value: bytes | None) -> bool:
+        """Learn one training-topic record; True if a model learned it."""
+        self.processed[partition] = offset + 1
+        try:
+            ex = _DECODE.decode(value or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.stats["invalid_messages"] += 1
+            log.debug("learner: invalid training message at %d/%d: %s", partition, offset, exc)
+            return False
+        if not ex.model or len(ex.model) > 512:
+            self.stats["invalid_messages"] += 1
+            return False
+        slot = self.slots.get(ex.model)
+        if slot is None and ex.model in self.foreign:
+            self.stats["foreign_model_examples"] += 1
+            return False
+        if slot is None:
+            slot = self.slots[ex.model] = _Slot(self._new_model(ex.model))
+        if offset < slot.floor.get(partition, 0):
+            self.stats["already_learned"] += 1
+            return False
+        if not slot.model.learn(ex.features, ex.target, ex.id):
+            self.stats["skipped_examples"] += 1
+            return False
+        slot.dirty += 1
+        self.since_checkpoint += 1
+        self.stats["learned"] += 1
+        return True
+
+    def _new_model(self, model_id: str) -> OnlineModel:
+        kind = resolve_kind(model_id, self._definitions())
+        log.info("learner: new model %s (%s)", model_id, kind)
+        return OnlineModel(kind, dedupe_window=self.dedupe_window)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def due(self) -> bool:
+        if self.since_checkpoint >= self.snapshot_examples:
+            return True
+        return self.clock() - self.last_checkpoint >= self.snapshot_seconds
+
+    def checkpoint(self) -> int:
+        """Publish every model that learned something (new models first); returns how many."""
+        now = self.clock()
+        order = sorted(self.slots.items(), key=lambda kv: (kv[1].version > 0, kv[0]))
+        published = 0
+        for model_id, slot in order:
+            stale = (slot.version > 0 and now - slot.published_at >= TOUCH_SECONDS
+                     and any(slot.floor.get(p, 0) < off for p, off in self.processed.items()))
+            if slot.dirty or stale:
+                self.publish(model_id, slot)
+                published += 1
+        self.since_checkpoint = 0
+        self.last_checkpoint = now
+        return published
+
+    def publish(self, model_id: str, slot: _Slot) -> int:
+        current = self.registry.latest_version(model_id)
+        if current != slot.version:
+            raise LearnerConflict(
+                f"model {model_id!r} is at version {current} in the registry, but this learner "
+                f"last saw version {slot.version}: another learner is publishing it")
+        for p, off in self.processed.items():
+            slot.floor[p] = max(slot.floor.get(p, 0), off)
+        offsets = {offset_key(self.topic, p): off for p, off in sorted(slot.floor.items())}
+        m = slot.model
+        slot.version = self.registry.publish(model_id, m, m.examples, m.kind, m.metrics(),
+                                             offsets)
+        slot.dirty = 0
+        slot.published_at = self.clock()
+        self.stats["snapshots"] += 1
+        log.info("learner: published %s v%d (%s, %d examples)", model_id, slot.version, m.kind,
+                 m.examples)
+        return slot.version
+
+
+class Learner:
+    """The ``liftstream learner`` process: a Kafka loop around :class:`LearnerState`."""
+
+    def __init__(self, settings: Settings, name: str = "learner",
+                 client: Client | None = None) -> None:
+        if not settings.model_hmac_key:
+            raise SettingsError("LIFTSTREAM_MODEL_HMAC_KEY: required by the learner (snapshots "
+                                "are signed with it and workers verify them)")
+        self.settings = settings
+        self.name = name
+        self.client = client or connect(settings.redis_url, settings.redis_cluster)
+        self.experiments = Registry(self.client)
+        self._definitions: dict[str, ExperimentDef] = {}
+        self._registry_version = -1
+        self._registry_checked = 0.0
+        self.state = LearnerState(
+            ModelRegistry(self.client, settings.model_hmac_key), settings.topic_training,
+            snapshot_examples=settings.learner_snapshot_examples,
+            snapshot_seconds=settings.learner_snapshot_seconds,
+            dedupe_window=settings.learner_dedupe_window, definitions=self.definitions)
+        self.stop_event = threading.Event()
+        self.consumer: Any = None
+        self.partitions: list[int] = []
+        self.start_offsets: dict[int, int | None] = {}
+        self.started = threading.Event()  # set once loaded and seeked
+
+    def definitions(self) -> dict[str, ExperimentDef]:
+        now = time.monotonic()
+        if now - self._registry_checked >= 2.0:
+            self._registry_checked = now
+            try:
+                version = self.experiments.version()
+                if version != self._registry_version:
+                    self._definitions = {d.id: d for d in self.experiments.list()}
+                    self._registry_version = version
+            except redis.exceptions.RedisError as exc:
+                log.warning("%s: experiment registry unreadable (%s); using the last one",
+                            self.name, exc)
+        return self._definitions
+
+    def _checkpoint(self) -> None:
+        """Checkpoint; a Redis outage is logged and retried at the next occasion (the
+        models stay dirty, nothing is lost: unsaved examples are re-read after a crash)."""
+        try:
+            self.state.checkpoint()
+        except redis.exceptions.RedisError as exc:
+            self.state.stats["checkpoint_errors"] += 1
+            self.state.since_checkpoint = 0  # back off: retry after N examples or T seconds
+            self.state.last_checkpoint = self.state.clock()
+            log.error("%s: snapshot publish failed (%s); retrying", self.name, exc)
+
+    def _assign(self) -> None:
+        s = self.settings
+        sec = s.kafka_options()
+        ensure_topics(s.kafka_bootstrap, {s.topic_training: 1}, strict=False, **sec)
+        n = partition_counts(s.kafka_bootstrap, [s.topic_training], **sec)[s.topic_training]
+        self.partitions = list(range(n or 1))
+        self.consumer = make_consumer(s.kafka_bootstrap, None, None, client_id=self.name,
+                                      max_poll_records=s.batch_size, **sec)
+        tps = [TopicPartition(s.topic_training, p) for p in self.partitions]
+        self.consumer.assign(tps)
+        starts = self.state.start_offsets(self.partitions)
+        self.start_offsets = starts
+        for tp in tps:
+            start = starts[tp.partition]
+            if start is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, start)
+        log.info("%s: training topic %s, %d partition(s), start offsets %s", self.name,
+                 s.topic_training, len(self.partitions), starts)
+
+    def run(self) -> None:
+        report = self.state.load()
+        log.info("%s: loaded %d model(s); refused %s", self.name, report.models, report.refused)
+        self._assign()
+        self.started.set()
+        t_log = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                polled = self.consumer.poll(timeout_ms=self.settings.batch_timeout_ms,
+                                            max_records=self.settings.batch_size)
+                for tp, records in polled.items():
+                    for r in records:
+                        self.state.handle(tp.partition, r.offset, r.value)
+                        if self.state.since_checkpoint >= self.state.snapshot_examples:
+                            self._checkpoint()
+                if self.state.due():
+                    self._checkpoint()
+                if time.monotonic() - t_log >= 30.0:
+                    t_log = time.monotonic()
+                    log.info("%s: %s", self.name, dict(self.state.stats))
+            self._checkpoint()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False)
+            except Exception as exc:
+                log.debug("consumer close: %s", exc)
+            self.consumer = None
+
+
+def run_learner(settings: Settings, name: str = "learner") -> int:
+    try:
+        learner = Learner(settings, name)
+    except SettingsError as exc:
+        print(f"liftstream learner: error: {exc}", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: Any) -> None:
+        learner.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        learner.run()
+    except LearnerConflict as exc:
+        log.error("%s", exc)
+        print(f"liftstream learner: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _learner_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"liftstream learner: error: {exc}", file=sys.stderr)
+        return 2
+    return run_learner(settings, args.name)
+
+
+def add_learner_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``learner`` sub-command to a sub-parser collection."""
+    p = sub.add_parser(
+        "learner", help="train online models on the training topic (CUPAC/MLRATE predictions)",
+        description="Consume the training topic (every partition, no consumer group), update "
+                    "one River model per model id and publish signed snapshots with the "
+                    "offsets they include. Run exactly one learner.")
+    p.add_argument("--name", default="learner", help="client id / log name")
+    p.set_defaults(handler=_learner_command)
