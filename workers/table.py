@@ -57,6 +57,9 @@ def render_slice(sl: dict[str, Any]) -> list[str]:
             for cs in c["covariate_selection"]:
                 lines.append(f"  in-experiment {cs['name']}: balance p={_num(cs['p_value'])} "
                              f"{'used' if cs['selected'] else 'NOT used'}")
+            corr = (c.get("diagnostics") or {}).get("prediction_outcome_correlation")
+            if corr is not None:
+                lines.append(f"  prediction–outcome correlation {corr:.3f}")
             b = c["bayes"]
             if b.get("treatment_posterior_mean") is not None:
                 lines.append(f"  bayes ({b['model']}, {b['estimator']}): posterior "
