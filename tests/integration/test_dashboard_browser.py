@@ -48,7 +48,10 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
                 f"chromium and chromium-driver (apt); they could not be installed here",
                 allow_module_level=True)
 
-from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -77,7 +80,32 @@ def browser() -> Iterator[Any]:
 
 
 def text(driver: Any, css: str) -> str:
+    """An element's text; the page re-renders on every refresh, so a node found a moment ago
+    may be replaced before it is read: look it up again."""
+    for _ in range(10):
+        try:
+            return str(driver.find_element(By.CSS_SELECTOR, css).text)
+        except StaleElementReferenceException:
+            time.sleep(0.05)
     return str(driver.find_element(By.CSS_SELECTOR, css).text)
+
+
+def check_chart(browser: Any) -> None:
+    """The SVG has history + live points, every band and line, and the adjusted CI band is
+    narrower than the unadjusted one (variance reduction)."""
+    svg = browser.find_element(By.ID, "chart")
+    assert svg.get_attribute("data-points") == str(CHUNKS + 1)  # history + live
+    for css in ("path.band-ci.adjusted", "path.band-seq.adjusted",
+                "path.band-ci.unadjusted", "path.band-seq.unadjusted",
+                "path.line.adjusted", "path.line.unadjusted"):
+        d = svg.find_element(By.CSS_SELECTOR, css).get_attribute("d")
+        assert d and d.startswith("M") and d.count("L") >= CHUNKS, (css, d)
+    for css in ("path.band-ci.adjusted", "path.band-seq.adjusted"):
+        assert svg.find_element(By.CSS_SELECTOR, css).get_attribute("d").endswith("Z")
+    # the adjusted band is narrower than the unadjusted one (variance reduction)
+    adj = svg.find_element(By.CSS_SELECTOR, "path.band-ci.adjusted").rect["height"]
+    raw = svg.find_element(By.CSS_SELECTOR, "path.band-ci.unadjusted").rect["height"]
+    assert adj < raw
 
 
 def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
@@ -103,7 +131,8 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
 
         with api_server(s, tmp_path, "--lag-interval", "1") as server:
             browser.get(f"{server.url}/?token={TOKEN}#exp={exp}")
-            wait = WebDriverWait(browser, 20)
+            wait = WebDriverWait(browser, 20,
+                                 ignored_exceptions=(StaleElementReferenceException,))
             wait.until(lambda d: d.find_elements(
                 By.CSS_SELECTOR, 'tr[data-estimator="adjusted"] td[data-k="effect"]'))
             wait.until(lambda d: "msgs" in text(d, ".kpis"))  # consumer lag measured
@@ -132,19 +161,14 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
                 js_fmt(bayes["treatment_posterior_mean"])
             assert "pageviews" in text(browser, "#selection")
 
-            svg = browser.find_element(By.ID, "chart")
-            assert svg.get_attribute("data-points") == str(CHUNKS + 1)  # history + live
-            for css in ("path.band-ci.adjusted", "path.band-seq.adjusted",
-                        "path.band-ci.unadjusted", "path.band-seq.unadjusted",
-                        "path.line.adjusted", "path.line.unadjusted"):
-                d = svg.find_element(By.CSS_SELECTOR, css).get_attribute("d")
-                assert d and d.startswith("M") and d.count("L") >= CHUNKS, (css, d)
-            for css in ("path.band-ci.adjusted", "path.band-seq.adjusted"):
-                assert svg.find_element(By.CSS_SELECTOR, css).get_attribute("d").endswith("Z")
-            # the adjusted band is narrower than the unadjusted one (variance reduction)
-            adj = svg.find_element(By.CSS_SELECTOR, "path.band-ci.adjusted").rect["height"]
-            raw = svg.find_element(By.CSS_SELECTOR, "path.band-ci.unadjusted").rect["height"]
-            assert adj < raw
+            for attempt in range(10):  # the chart is redrawn on every refresh
+                try:
+                    check_chart(browser)
+                    break
+                except StaleElementReferenceException:
+                    if attempt == 9:
+                        raise
+                    time.sleep(0.1)
 
             ARTIFACTS.mkdir(exist_ok=True)
             chrome = browser.execute_script("return window.outerHeight - window.innerHeight")
