@@ -24,6 +24,20 @@ from typing import Any
 from workers.learner_sim import coverage_run, efficiency, summarize_runs, warm_model
 
 
+def run(units: int = 100_000, warmup: int = 10_000, kinds: str = "linear,tree",
+        seed: int = 7) -> dict[str, Any]:
+    """VR of cupac relative to the oracle, and learner throughput, per model kind."""
+    out: dict[str, Any] = {"units": units, "warmup": warmup, "kinds": {}}
+    for kind in kinds.split(","):
+        r = efficiency(kind, units=units, warmup=warmup, seed=seed)
+        out["kinds"][kind] = {
+            "vr_cupac": round(r.vr_cupac, 4), "vr_oracle": round(r.vr_oracle, 4),
+            "ratio": round(r.ratio, 4),
+            "learn_examples_per_second": round(r.learn_examples_per_second),
+            "predict_per_second": round(r.predict_per_second)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--units", type=int, default=100_000)
