@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from workers.replay import replay_messages
 
 from estimators.analysis import AnalysisSettings
 from state.registry import Registry, parse_definition
 from state.results import experiment_document
 from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
 from workers.embedded import Broker
+from workers.replay import replay_messages
 from workers.settings import Settings
 
 from .conftest import unique
