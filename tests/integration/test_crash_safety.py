@@ -67,11 +67,12 @@ Procs = Callable[[], dict[str, subprocess.Popen[bytes]]]
 
 
 def wait_progress(client: Client, base: int, live: Procs, starting: Callable[[], bool],
-                  timeout: float) -> None:
-    """Until more than ``base`` messages are applied."""
+                  timeout: float, total: int | None = None) -> None:
+    """Until more than ``base`` messages are applied (or all ``total`` are)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if messages_applied(client) > base:
+        applied = messages_applied(client)
+        if applied > base or (total is not None and applied >= total):
             return
         assert live() or starting(), "every worker exited"
         time.sleep(0.1)
@@ -122,7 +123,8 @@ def test_sigkilled_workers_lose_and_double_count_nothing(broker: Broker, redis_u
         with lock:
             return {n: p for n, p in procs.items() if p.poll() is None}
 
-    publisher = Publisher(s, stream.messages)
+    # paced so that the stream outlasts the kills: every kill happens while messages flow
+    publisher = Publisher(s, stream.messages, rate=total / 75.0)
     t0 = time.monotonic()
     try:
         publisher.start()
@@ -132,7 +134,7 @@ def test_sigkilled_workers_lose_and_double_count_nothing(broker: Broker, redis_u
             # a random while after batches are applied again, SIGKILL (no leave-group, no
             # flush, possibly inside a batch) the live owner of a random partition
             wait_progress(client, kills[-1][2] if kills else 0, live,
-                          lambda: any(t.is_alive() for t in timers), timeout=40)
+                          lambda: any(t.is_alive() for t in timers), timeout=40, total=total)
             time.sleep(rng.uniform(0.5, 2.5))
             before = messages_applied(client)
             time.sleep(0.5)
