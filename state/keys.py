@@ -12,6 +12,7 @@ Redis Cluster slot; a query merges all partitions.
 | ``ls:{p}:pend`` | hash | ``unit → events`` that arrived before the unit's exposure |
 | ``ls:{p}:pendq`` | zset | ``unit → wall-clock time it was first held`` (grace-period expiry) |
 | ``ls:{p}:c`` | hash | counters (exposures, withdrawn units, refused batches, …) |
+| ``ls:{p}:warn`` | hash | ``code → detail`` of conditions that make results incomplete |
 | ``ls:meta`` | hash | ``partitions`` — the topic partition count the workers run with |
 """
 
@@ -57,6 +58,11 @@ def pending_queue(partition: int) -> str:
 
 def counters(partition: int) -> str:
     return f"{tag(partition)}:c"
+
+
+def partition_warnings(partition: int) -> str:
+    """Hash ``code → detail`` of partition-wide conditions (see :mod:`state.warnings`)."""
+    return f"{tag(partition)}:warn"
 
 
 def unit_pattern(partition: int, experiment: str) -> str:

@@ -10,7 +10,14 @@ from estimators.moments import MomentMatrix
 from estimators.report import Correction, slice_document
 from state.layout import ExperimentLayout
 from state.registry import ExperimentDef
-from state.store import Client, partition_count, read_counters, read_matrices
+from state.store import (
+    Client,
+    partition_count,
+    read_counters,
+    read_matrices,
+    read_partition_warnings,
+)
+from state.warnings import experiment_warnings
 
 
 def experiment_matrices(client: Client, d: ExperimentDef) -> dict[str, MomentMatrix]:
@@ -32,12 +39,14 @@ def experiment_document(client: Client, d: ExperimentDef,
     counts = {v: arms[v].n for v in d.variations}
     doc = slice_document(None, list(d.variations), counts, list(d.weights), metrics,
                          correction if correction is not None else d.correction)
-    counters = read_counters(client, range(partition_count(client)))
+    parts = range(partition_count(client))
+    counters = read_counters(client, parts)
     prefix = f"{d.id}:"
     doc["counters"] = {k[len(prefix):]: int(v) for k, v in counters.items()
                        if k.startswith(prefix)}
     doc["freshness"] = {"last_event_ts": counters.get("last_event_ts")}
-    return {"experiment": d.id, "slices": [doc]}
+    warnings = experiment_warnings(d.id, counters, read_partition_warnings(client, parts))
+    return {"experiment": d.id, "warnings": warnings, "slices": [doc]}
 
 
 def experiment_document_with(client: Client, d: ExperimentDef,

@@ -241,6 +241,17 @@ def read_counters(client: Client, partitions: Iterable[int]) -> dict[str, float]
     return dict(total)
 
 
+def read_partition_warnings(client: Client, partitions: Iterable[int]
+                            ) -> dict[int, dict[str, str]]:
+    """``partition → code → detail`` of every partition that has a condition set."""
+    pipe = client.pipeline(transaction=False)
+    parts = list(partitions)
+    for p in parts:
+        pipe.hgetall(keys.partition_warnings(p))
+    return {p: {_text(k): _text(v) for k, v in raw.items()}
+            for p, raw in zip(parts, pipe.execute(), strict=True) if raw}
+
+
 def stored_offsets_all(client: Client, partitions: Iterable[int]) -> Mapping[int, dict[str, int]]:
     out = {}
     for p in partitions:
