@@ -63,9 +63,10 @@ def timed(name: str, fn: Callable[[], Any], results: dict[str, Any]) -> None:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    from bench import chaos, efficiency, freshness, ingest
+    from bench import chaos, efficiency, freshness, ingest, startup
 
     r: dict[str, Any] = {}
+    timed("startup", lambda: startup.run(5 if quick else 15), r)
     units = 15_000 if quick else 100_000
     timed("ingest", lambda: ingest.throughput(units, scaling=not quick), r)
     timed("memory", lambda: ingest.memory_only(100_000 if quick else 1_000_000), r)
@@ -108,6 +109,14 @@ def markdown(r: dict[str, Any], command: str) -> str:
              "- every ratio is measured side by side in the same run; absolute figures are for "
              "this machine only (2 shared cores: producer, broker, Redis and the measured "
              "process compete for them).", ""]
+    up = r.get("startup", {})
+    if "help_median_s" in up:
+        lines += ["## CLI start-up", "",
+                  f"- medians over {up['runs']} runs: `liftstream --help` "
+                  f"**{up['help_median_s']} s** (max {up['help_max_s']} s; goal ≤ 0.3 s); "
+                  f"`liftstream results ID` sends its first Redis command "
+                  f"**{up['results_first_redis_read_median_s']} s** after launch (max "
+                  f"{up['results_first_redis_read_max_s']} s; goal ≤ 0.7 s)", ""]
     ing = r.get("ingest", {})
     if "ratio" in ing:
         lines += ["## Ingest throughput", "",

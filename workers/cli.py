@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import msgspec
-
-from estimators.analysis import AnalysisSettings
+from typing import Any, Final
 
 Handler = Callable[[argparse.Namespace], int]
+Adder = Callable[["argparse._SubParsersAction[Any]"], None]
+
+# sub-command → (one-line help, module, function adding its parser). A command's module is
+# imported only when that command runs, so `liftstream --help` and light commands start
+# without scipy, FastAPI or River.
+COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
+    "analyze": ("analyse a unit-level CSV file in batch", "workers.cli", "add_analyze_parser"),
+    "worker": ("ingest exposures and events into Redis", "workers.cli", "add_worker_parser"),
+    "results": ("current results of a live experiment", "workers.cli", "add_results_parser"),
+    "experiments": ("manage experiment definitions in the registry",
+                    "workers.experiments_cli", "add_experiments_parser"),
+    "api": ("serve the query API, /metrics and the dashboard", "workers.api_cli",
+            "add_api_parser"),
+    "alerter": ("alert on significance, guardrail harm, SRM and stale data",
+                "workers.alerter", "add_alerter_parser"),
+    "replay": ("publish a unit-level CSV file as exposures and events", "workers.replay",
+               "add_replay_parser"),
+    "simulate": ("publish a synthetic experiment with known true effects",
+                 "workers.simulate", "add_simulate_parser"),
+    "demo": ("run everything embedded with a simulated experiment", "workers.demo",
+             "add_demo_parser"),
+    "learner": ("train online models on the training topic (CUPAC/MLRATE predictions)",
+                "workers.learner", "add_learner_parser"),
+    "models": ("online models: version, quality, effect in results", "workers.models_cli",
+               "add_models_parser"),
+}
 
 
 def _fail(command: str, message: str) -> int:
@@ -20,6 +43,7 @@ def _fail(command: str, message: str) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from estimators.analysis import AnalysisSettings
     from workers.analyze import (
         AnalyzeRequest,
         InputError,
@@ -68,24 +92,27 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _results(args: argparse.Namespace) -> int:
     from state.registry import Registry
-    from state.results import experiment_document
     from state.store import connect
     from workers.settings import SettingsError, load_settings
-    from workers.table import render
 
     try:
         settings = load_settings()
     except SettingsError as exc:
         return _fail("results", str(exc))
     client = connect(settings.redis_url, settings.redis_cluster)
-    d = Registry(client).get(args.experiment)
+    d = Registry(client).get(args.experiment)  # the first Redis read: before scipy loads
     if d is None:
         return _fail("results", f"unknown experiment {args.experiment!r}")
+    from state.results import experiment_document
+    from workers.table import render
+
     _emit(experiment_document(client, d, args.correction), args.format, render)
     return 0
 
 
 def _emit(doc: dict[str, Any], fmt: str, render: Callable[[dict[str, Any]], str]) -> None:
+    import msgspec
+
     if fmt == "json":
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(doc), indent=1))
         sys.stdout.buffer.write(b"\n")
@@ -108,13 +135,8 @@ def _add_analysis_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["json", "table"], default="table")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="liftstream",
-        description="Live A/B-test analysis: variance-reduced effects, anytime-valid intervals.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("analyze", help="analyse a unit-level CSV file in batch")
+def add_analyze_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("analyze", help=COMMANDS["analyze"][0])
     p.add_argument("file")
     p.add_argument("--variation", required=True, help="column holding the variation name")
     p.add_argument("--control", required=True, help="name of the control variation")
@@ -134,46 +156,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis_options(p)
     p.set_defaults(handler=_analyze)
 
-    p = sub.add_parser("worker", help="ingest exposures and events into Redis")
+
+def add_worker_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("worker", help=COMMANDS["worker"][0])
     p.add_argument("--name", default="worker", help="client id / log name")
     p.set_defaults(handler=_worker)
 
-    p = sub.add_parser("results", help="current results of a live experiment")
+
+def add_results_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("results", help=COMMANDS["results"][0])
     p.add_argument("experiment")
     p.add_argument("--correction", choices=["holm", "bh"], default=None)
     p.add_argument("--format", choices=["json", "table"], default="table")
     p.set_defaults(handler=_results)
 
-    from workers.experiments_cli import add_experiments_parser
-    from workers.replay import add_replay_parser
-    from workers.simulate import add_simulate_parser
 
-    add_experiments_parser(sub)
+def _adder(command: str) -> Adder:
+    _, module, function = COMMANDS[command]
+    adder: Adder = getattr(importlib.import_module(module), function)
+    return adder
 
-    from workers.api_cli import add_api_parser
 
-    add_api_parser(sub)
-
-    from workers.alerter import add_alerter_parser
-
-    add_alerter_parser(sub)
-    add_replay_parser(sub)
-    add_simulate_parser(sub)
-
-    from workers.demo import add_demo_parser
-
-    add_demo_parser(sub)
-
-    from workers.learner import add_learner_parser
-    from workers.models_cli import add_models_parser
-
-    add_learner_parser(sub)
-    add_models_parser(sub)
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every sub-command, or with ``only`` fully defined and the others
+    listed by name and help (their modules are not imported)."""
+    parser = argparse.ArgumentParser(
+        prog="liftstream",
+        description="Live A/B-test analysis: variance-reduced effects, anytime-valid intervals.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command, (summary, _, _) in COMMANDS.items():
+        if only is None or command == only:
+            _adder(command)(sub)
+        else:
+            sub.add_parser(command, help=summary)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    only = command if command in COMMANDS else ""
+    args = build_parser(only).parse_args(words)
     handler: Handler = args.handler
     return handler(args)
 
