@@ -581,8 +581,8 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                            "request body: expected a JSON object with the experiment "
                            "definition")
         try:
-            return parse_definition(body)
-        except DefinitionError as exc:
+            return parse_definition(body, api.settings.definition_limits())
+        except DefinitionError as exc:  # its message is bounded (state/limits.py)
             raise ApiError(422, "invalid_definition", str(exc)) from None
 
     def must_get(experiment_id: str) -> ExperimentDef:

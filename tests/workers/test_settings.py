@@ -161,7 +161,7 @@ def test_redacted_hides_secrets() -> None:
         "LIFTSTREAM_REDIS_URL": "redis://default:s3cret@redis:6379/0",
         "LIFTSTREAM_API_READ_TOKENS": "read-token-1,read-token-2",
         "LIFTSTREAM_API_ADMIN_TOKENS": "admin-token",
-        "LIFTSTREAM_MODEL_HMAC_KEY": "hmac-key",
+        "LIFTSTREAM_MODEL_HMAC_KEY": "hmac-key-of-at-least-32-bytes-0123456789",
         "LIFTSTREAM_ALERT_WEBHOOKS": "https://hooks.slack.com/services/T0/B0/XYZ",
     })
     r = s.redacted()
