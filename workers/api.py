@@ -62,6 +62,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from estimators.analysis import ESTIMATORS
 from state import history
+from state.models import refusal_counts
 from state.registry import (
     DefinitionError,
     ExperimentDef,
@@ -289,6 +290,7 @@ class _IngestCollector(Collector):
             n = partition_count(api.client)
             counters = read_counters(api.client, range(n)) if n else {}
             defs = api.registry.list()
+            refusals = refusal_counts(api.client)
         except (redis.RedisError, redis.cluster.RedisClusterException, OSError) as exc:
             log.warning("metrics: Redis unavailable: %s", exc)
             up.add_metric([], 0.0)
@@ -299,6 +301,7 @@ class _IngestCollector(Collector):
         yield up
         yield from self._ingest(counters, n)
         yield from self._experiments(counters, defs)
+        yield _refused_snapshots(refusals)
         yield from self._lag()
         yield from self._cache_metrics()
 
@@ -406,6 +409,15 @@ class _IngestCollector(Collector):
         m.add_metric(["shared"], float(cache.shared))
         m.add_metric(["miss"], float(cache.misses))
         yield m
+
+
+def _refused_snapshots(refusals: Mapping[str, int]) -> Metric:
+    m = CounterMetricFamily("liftstream_model_snapshots_refused",
+                            "model snapshots refused (HMAC does not verify, or unreadable) by "
+                            "workers and the learner", labels=["model"])
+    for model_id, n in sorted(refusals.items()):
+        m.add_metric([model_id], float(n))
+    return m
 
 
 # --------------------------------------------------------------------------- the app
