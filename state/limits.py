@@ -161,7 +161,8 @@ def _refuse_aliases(text: bytes) -> None:
             if isinstance(event, yaml.AliasEvent):
                 line = event.start_mark.line + 1 if event.start_mark else "?"
                 raise DefinitionError(f"YAML alias *{show(event.anchor)[1:-1]} (line {line}): "
-                                      f"aliases and anchors are not allowed in definitions")
+                                      f"aliases are not allowed in definitions (write the "
+                                      f"value out)")
     finally:
         loader.dispose()
 

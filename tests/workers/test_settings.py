@@ -176,3 +176,34 @@ def test_redacted_hides_secrets() -> None:
     assert set(r) == {f.name for f in dataclasses.fields(Settings)}
     plain = Settings().redacted()
     assert plain["kafka_sasl_password"] is None and plain["redis_url"] == Settings().redis_url
+
+
+def test_short_model_hmac_key_refused_naming_the_variable() -> None:
+    for key in ("k", "x" * 31, "é" * 15):  # 15 two-byte characters: 30 bytes
+        with pytest.raises(SettingsError) as info:
+            load_settings({"LIFTSTREAM_MODEL_HMAC_KEY": key})
+        message = str(info.value)
+        assert message.startswith("LIFTSTREAM_MODEL_HMAC_KEY: expected at least 32 bytes")
+        assert key not in message  # the (weak) secret is not echoed
+        with pytest.raises(SettingsError, match="LIFTSTREAM_MODEL_HMAC_KEY"):
+            Settings(model_hmac_key=key)
+    assert load_settings({"LIFTSTREAM_MODEL_HMAC_KEY": "k" * 32}).model_hmac_key == "k" * 32
+
+
+def test_definition_limits_from_settings() -> None:
+    from state.limits import DEFAULT_LIMITS, LIMIT_FIELDS, DefinitionLimits
+
+    assert Settings().definition_limits() == DEFAULT_LIMITS  # defaults in one place
+    assert {f.name for f in dataclasses.fields(DefinitionLimits)} == set(LIMIT_FIELDS)
+    s = load_settings({"LIFTSTREAM_MAX_VARIATIONS": "8", "LIFTSTREAM_MAX_METRICS": "20",
+                       "LIFTSTREAM_MAX_DEFINITION_BYTES": "4096"})
+    limits = s.definition_limits()
+    assert (limits.max_variations, limits.max_metrics, limits.max_definition_bytes) == \
+        (8, 20, 4096)
+    assert limits.max_columns == 255
+    for var, bad, fragment in (("LIFTSTREAM_MAX_COLUMNS", "256", "at most 255"),
+                               ("LIFTSTREAM_MAX_VARIATIONS", "1000", "at most 255"),
+                               ("LIFTSTREAM_MAX_METRICS", "0", "a positive integer"),
+                               ("LIFTSTREAM_MAX_COVARIATES", "many", "a positive integer")):
+        with pytest.raises(SettingsError, match=f"^{var}: expected {fragment}"):
+            load_settings({var: bad})
