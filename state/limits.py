@@ -27,7 +27,8 @@ from typing import Any, Final, Literal
 import yaml
 
 __all__ = ["CEILINGS", "DEFAULT_LIMITS", "MAX_MESSAGE", "DefinitionError", "DefinitionLimits",
-           "bounded", "check_columns", "check_counts", "decode_definition_text", "show"]
+           "bounded", "check_columns", "check_counts", "check_text_size",
+           "decode_definition_text", "refuse_duplicate_json_keys", "show"]
 
 MAX_MESSAGE: Final = 500
 _ENV_PREFIX: Final = "LIFTSTREAM_"  # workers.settings reads the bound of the same name
@@ -189,14 +190,30 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def decode_definition_text(raw: bytes, fmt: Format, source: str,
-                           limits: DefinitionLimits = DEFAULT_LIMITS) -> Any:
-    """Parse definition text strictly (size cap, no YAML aliases, no duplicate keys); the
-    error names ``source`` (a path, ``-`` for stdin, ``request body``)."""
+def check_text_size(raw: bytes, source: str, limits: DefinitionLimits) -> None:
+    """Refuse definition text longer than ``max_definition_bytes``."""
     if len(raw) > limits.max_definition_bytes:
         raise DefinitionError(f"{source}: more than {limits.max_definition_bytes} bytes; the "
                               f"limit is {limits.max_definition_bytes} bytes "
                               f"({limits.variable('max_definition_bytes')})")
+
+
+def refuse_duplicate_json_keys(raw: bytes, source: str) -> None:
+    """Refuse JSON that gives one key twice in an object (for bodies another parser already
+    decoded, keeping the last); text that is not JSON at all is left to that parser."""
+    try:
+        json.loads(raw, object_pairs_hook=_json_object)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{source}: {exc}") from None
+    except (ValueError, RecursionError):
+        return
+
+
+def decode_definition_text(raw: bytes, fmt: Format, source: str,
+                           limits: DefinitionLimits = DEFAULT_LIMITS) -> Any:
+    """Parse definition text strictly (size cap, no YAML aliases, no duplicate keys); the
+    error names ``source`` (a path, ``-`` for stdin, ``request body``)."""
+    check_text_size(raw, source, limits)
     try:
         if fmt == "json":
             return json.loads(raw, object_pairs_hook=_json_object, parse_constant=_no_constant)

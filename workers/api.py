@@ -62,6 +62,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from estimators.analysis import ESTIMATORS
 from state import history
+from state.limits import check_text_size, refuse_duplicate_json_keys
 from state.models import refusal_counts
 from state.registry import (
     DefinitionError,
@@ -189,6 +190,20 @@ DEFINITION_EXAMPLE: dict[str, Any] = {"id": "checkout-button", "variations": ["c
                       "guardrails": ["converted"]}
 DefinitionBody = Annotated[dict[str, Any], Body(examples=[DEFINITION_EXAMPLE],
                                                 description="an experiment definition")]
+
+
+async def _strict_definition_text(request: Request) -> None:
+    """The definition's raw JSON held to what ``experiments create`` holds a file to: at most
+    ``LIFTSTREAM_MAX_DEFINITION_BYTES``, no key given twice (``json`` would keep the last)."""
+    raw = await request.body()
+    try:
+        check_text_size(raw, "request body", request.app.state.api.settings.definition_limits())
+        refuse_duplicate_json_keys(raw, "request body")
+    except DefinitionError as exc:
+        raise ApiError(422, "invalid_definition", str(exc)) from None
+
+
+StrictDefinitionText = Annotated[None, Depends(_strict_definition_text)]
 
 
 
@@ -610,7 +625,8 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     @app.post("/v1/experiments", tags=["experiments"], status_code=201,
               summary="Create an experiment",
               responses={409: {"description": "id exists"}, 422: {"description": "invalid"}})
-    def create_experiment(body: DefinitionBody, _: Admin) -> dict[str, Any]:
+    def create_experiment(body: DefinitionBody, _: Admin,
+                          __: StrictDefinitionText) -> dict[str, Any]:
         d = parse(body)
         try:
             api.registry.create(d)
@@ -628,7 +644,7 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     @app.put("/v1/experiments/{experiment_id}", tags=["experiments"],
              summary="Replace an experiment's definition")
     def replace_experiment(experiment_id: ExperimentId, body: DefinitionBody,
-                           _: Admin) -> dict[str, Any]:
+                           _: Admin, __: StrictDefinitionText) -> dict[str, Any]:
         if isinstance(body, dict):
             body_id = body.setdefault("id", experiment_id)
             if body_id != experiment_id:

@@ -153,6 +153,27 @@ def test_api_refuses_hostile_definitions(api: TestClient) -> None:
         "covariates"] == ["x"]
 
 
+def test_api_refuses_duplicate_keys_and_large_definitions(api: TestClient) -> None:
+    h = auth(ADMIN) | {"Content-Type": "application/json"}
+    dup = b'{"id": "shop", "variations": ["a", "b"], "id": "other", "metrics": []}'
+    r = api.post("/v1/experiments", content=dup, headers=h)
+    assert r.status_code == 422 and r.json()["error"] == "invalid_definition"
+    assert r.json()["detail"] == "request body: duplicate key 'id': each key once"
+    nested = (b'{"id": "shop", "variations": ["a", "b"], "metrics": [{"name": "m", '
+              b'"event": "e", "aggregate": "sum", "aggregate": "count"}]}')
+    r = api.put("/v1/experiments/shop", content=nested, headers=h)
+    assert r.status_code == 422 and "duplicate key 'aggregate'" in r.json()["detail"]
+    assert api.post("/v1/experiments", content=dup, headers={
+        "Content-Type": "application/json"}).status_code == 401  # authentication first
+    big = json.dumps(base(covariates=["c" * 200] * 6000)).encode()  # 1.2 MB
+    r = api.post("/v1/experiments", content=big, headers=h)
+    assert r.status_code in (413, 422), r.text  # 413: a request-body limit of the API
+    if r.status_code == 422:
+        assert r.json()["detail"] == ("request body: more than 1048576 bytes; the limit is "
+                                      "1048576 bytes (LIFTSTREAM_MAX_DEFINITION_BYTES)")
+    assert api.get("/v1/experiments", headers=auth(READ)).json()["experiments"] == []
+
+
 def _trained(n: int, slope: float) -> OnlineModel:
     m = OnlineModel("linear")
     for i in range(n):
