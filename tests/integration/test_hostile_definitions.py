@@ -21,7 +21,7 @@ from state import keys
 from state.model_cache import ModelCache
 from state.models import ModelRegistry, refusal_counts
 from state.naming import model_id
-from state.registry import Registry, parse_definition
+from state.registry import REGISTRY_KEY, DefinitionError, Registry, parse_definition
 from stream.batch import TrainingExample
 from workers.api import create_app, resolve_auth
 from workers.experiments_cli import add_experiments_parser
@@ -172,6 +172,28 @@ def test_api_refuses_duplicate_keys_and_large_definitions(api: TestClient) -> No
         assert r.json()["detail"] == ("request body: more than 1048576 bytes; the limit is "
                                       "1048576 bytes (LIFTSTREAM_MAX_DEFINITION_BYTES)")
     assert api.get("/v1/experiments", headers=auth(READ)).json()["experiments"] == []
+
+
+def test_stored_poison_definition_never_reaches_a_worker(redis_url: str,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """A definition an older release accepted with 257 columns (issue 10: it killed the
+    worker on its first exposure) is skipped by ``Registry.list``, which workers read."""
+    client = redis.Redis.from_url(redis_url)
+    reg = Registry(client)
+    good = parse_definition(base(id="good"))
+    reg.create(good)
+    poison = base(id="poison", covariates=["x"], model="linear",
+                  metrics=[{"name": f"m{i}", "event": "e", "aggregate": "sum"}
+                           for i in range(128)])
+    client.hset(REGISTRY_KEY, "poison", json.dumps(poison))  # as the old release stored it
+    with caplog.at_level("WARNING", logger="state.registry"):
+        assert reg.list() == [good]
+    assert any("poison" in r.getMessage() and "257 unit-state columns" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(DefinitionError, match="LIFTSTREAM_MAX_COLUMNS"):
+        reg.get("poison")
+    client.close()
 
 
 def _trained(n: int, slope: float) -> OnlineModel:
