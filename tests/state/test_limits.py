@@ -213,6 +213,7 @@ def test_every_message_is_bounded(data: dict[str, Any]) -> None:
 
 def test_yaml_and_json_errors_are_bounded() -> None:
     for text, fmt in ((b"id: [" + b"x," * 300_000, "yaml"), (b"{" * 100_000, "json"),
+                      (b"[" * 100_000 + b"]" * 100_000, "json"),
                       (b"[" * 500_000, "yaml"), (b'{"id": "' + b"x" * 900_000, "json"),
                       (b"\xff\xfe" * 1000, "json"), (b"\t" * 1000 + b"id: 1", "yaml")):
         with pytest.raises(DefinitionError) as info:

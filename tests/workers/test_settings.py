@@ -207,3 +207,22 @@ def test_definition_limits_from_settings() -> None:
                                ("LIFTSTREAM_MAX_COVARIATES", "many", "a positive integer")):
         with pytest.raises(SettingsError, match=f"^{var}: expected {fragment}"):
             load_settings({var: bad})
+
+
+@pytest.mark.parametrize("command", ["worker", "learner"])
+def test_processes_refuse_a_short_hmac_key_at_start_up(command: str) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTSTREAM_")}
+    env.update(PYTHONPATH=str(root), LIFTSTREAM_MODEL_HMAC_KEY="weak-key-1")
+    done = subprocess.run([sys.executable, "-m", "workers.cli", command], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"liftstream {command}: error: LIFTSTREAM_MODEL_HMAC_KEY: "
+                                   f"expected at least 32 bytes (e.g. `openssl rand -hex 32`), "
+                                   f"got 10")
+    assert "weak-key-1" not in done.stderr + done.stdout
