@@ -78,8 +78,12 @@ class ModelRegistry:
     def publish(self, model_id: str, model: Any, examples: int, kind: str = "",
                 metrics: dict[str, float] | None = None,
                 offsets: dict[str, int] | None = None) -> int:
-        """Store a new version and make it the latest; old versions beyond 5 are dropped."""
+        """Store a new version and make it the latest; old versions beyond 5 are dropped.
+        The first version of an id numbers on from its legacy id's (see :meth:`stored_id`)."""
         k = keys.model(model_id)
+        fallback = self.stored_id(model_id)
+        if fallback != model_id:
+            self.client.hsetnx(k, "next_version", self.own_latest_version(fallback))
         version = int(self.client.hincrby(k, "next_version", 1))
         header = SnapshotHeader(model_id, version, examples, time.time(), dict(metrics or {}),
                                 dict(offsets or {}), kind)
@@ -91,32 +95,32 @@ class ModelRegistry:
         self.client.sadd(keys.MODEL_INDEX, model_id)
         return version
 
-    def _latest_of(self, stored_id: str) -> int:
+    def own_latest_version(self, stored_id: str) -> int:
+        """The latest version stored under exactly this id (no legacy fallback)."""
         raw = self.client.hget(keys.model(stored_id), "latest")
         return int(raw) if raw is not None else 0
 
     def stored_id(self, model_id: str) -> str:
         """The id whose snapshots serve ``model_id``: itself, or — while it has none — its
         legacy id (``<experiment>.<metric>``) if that has snapshots."""
-        if self._latest_of(model_id) > 0:
+        if self.own_latest_version(model_id) > 0:
             return model_id
         parsed = parse_model_id(model_id)
         if parsed is not None:
             legacy = legacy_model_id(*parsed)
-            if self._latest_of(legacy) > 0:
+            if self.own_latest_version(legacy) > 0:
                 return legacy
         return model_id
 
     def latest_version(self, model_id: str) -> int:
-        return self._latest_of(self.stored_id(model_id))
+        return self.own_latest_version(self.stored_id(model_id))
 
     def adopt(self, legacy_id: str, model_id: str, loaded: LoadedModel) -> int:
         """Publish a verified legacy snapshot under the new ``model_id``; its version numbers
-        go on from the legacy ones, so a reader of the fallback sees a newer version."""
-        if self._latest_of(model_id) > 0:
+        go on from the legacy ones (:meth:`publish`), so a reader of the fallback sees a newer
+        version."""
+        if self.own_latest_version(model_id) > 0:
             raise ValueError(f"model {model_id!r} already has snapshots")
-        self.client.hsetnx(keys.model(model_id), "next_version",
-                           self._latest_of(legacy_id))
         h = loaded.header
         return self.publish(model_id, loaded.model, h.examples, h.kind, dict(h.metrics),
                             dict(h.offsets))
@@ -129,7 +133,7 @@ class ModelRegistry:
         """The (latest) snapshot, verified; ``None`` if absent; :class:`SignatureError` if
         tampered. Versions are those of :meth:`stored_id` (the legacy id's, until adopted)."""
         model_id = self.stored_id(model_id)
-        v = version if version is not None else self._latest_of(model_id)
+        v = version if version is not None else self.own_latest_version(model_id)
         if v <= 0:
             return None
         blob: Any = self.client.hget(keys.model(model_id), f"v{v}")

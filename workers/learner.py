@@ -294,7 +294,7 @@ class LearnerState:
         return published
 
     def publish(self, model_id: str, slot: _Slot) -> int:
-        current = self.registry.latest_version(model_id)
+        current = self.registry.own_latest_version(model_id)  # not a legacy id's fallback
         if current != slot.version:
             raise LearnerConflict(
                 f"model {model_id!r} is at version {current} in the registry, but this learner "

@@ -247,6 +247,30 @@ def test_legacy_snapshot_ids_still_load(redis_url: str) -> None:
     client.close()
 
 
+def test_new_id_numbers_on_from_its_legacy_snapshots(redis_url: str) -> None:
+    """A learner that did not adopt (it knew no definitions at start-up) publishes the new
+    id's first snapshot after the legacy versions, so workers on the fallback switch to it,
+    and it is not mistaken for another learner's publish."""
+    client = redis.Redis.from_url(redis_url)
+    reg = ModelRegistry(client, KEY)
+    old = _trained(50, 1.0)
+    for _ in range(2):
+        reg.publish("shop.rev", old, old.examples, "linear", old.metrics(), {})
+    cache = ModelCache(reg)
+    cache.want({"shop/rev"})
+    cache.refresh()
+    assert cache.version("shop/rev") == 2
+    learner = LearnerState(reg, "tr")
+    assert learner.load().models == 1 and set(learner.slots) == {"shop.rev"}  # unresolved
+    ex = msgspec.json.encode(TrainingExample("shop/rev", {"x": 1.0}, 2.0, "n1"))
+    assert learner.handle(0, 0, ex)
+    assert learner.checkpoint() == 1  # no LearnerConflict
+    assert reg.own_latest_version("shop/rev") == 3 and reg.stored_id("shop/rev") == "shop/rev"
+    cache.refresh()
+    assert cache.version("shop/rev") == 3
+    client.close()
+
+
 def test_colliding_legacy_id_adopted_by_both_models(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     reg = ModelRegistry(client, KEY)
