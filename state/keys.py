@@ -76,6 +76,7 @@ def model(model_id: str) -> str:
 
 
 MODEL_INDEX = f"{PREFIX}:models"  # set of model ids
+MODEL_REFUSALS = f"{PREFIX}:models:refused"  # hash model id → snapshots refused (bad HMAC)
 
 
 def maturity(partition: int) -> str:

@@ -16,17 +16,10 @@ import numpy as np
 
 from estimators.analysis import AnalysisSettings, MetricKind, MetricSpec
 from estimators.moments import FloatArray
+from state.naming import column_names, model_id, prediction_column
 from state.registry import ExperimentDef
 
-
-def prediction_column(metric: str) -> str:
-    """Column name of a metric's frozen model prediction (cannot clash: ':' is not allowed
-    in metric names)."""
-    return f"{metric}:pred"
-
-
-def model_id(experiment: str, metric: str) -> str:
-    return f"{experiment}.{metric}"
+__all__ = ["ExperimentLayout", "model_id", "prediction_column"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +72,7 @@ class ExperimentLayout:
                 caps.append(np.inf)
                 binary.append(False)
                 counts.append(False)
+        assert tuple(names) == column_names(d)  # the one column order (limits count it)
         return cls(d, tuple(names), np.array(caps), np.array(binary), tuple(counts),
                    {k: tuple(v) for k, v in routes.items()}, cov, preds, models)
 

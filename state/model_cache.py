@@ -61,6 +61,7 @@ class ModelCache:
             except SignatureError as exc:
                 self.refused[model_id] = latest
                 log.error("refused model snapshot: %s (keeping v%d)", exc, current)
+                self.registry.count_refusal(model_id)  # once per refused version (/metrics)
                 continue
             if loaded is not None:
                 self._models = {**self._models, model_id: (latest, loaded.model)}

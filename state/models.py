@@ -2,7 +2,14 @@
 
 A snapshot is a pickled model plus a header (examples seen, quality metrics, training-topic
 offsets), signed with HMAC-SHA256 under a key from settings. :meth:`ModelRegistry.load`
-verifies the signature *before* unpickling, so a tampered snapshot is refused, never executed.
+verifies the signature *before* unpickling, so a tampered snapshot is refused, never executed;
+refusals are counted per model id in Redis (:func:`refusal_counts`, shown in ``/metrics``).
+The key must have at least :data:`MIN_KEY_BYTES` bytes (HMAC-SHA256's output size).
+
+Model ids are ``<experiment>/<metric>`` (:mod:`state.naming`). A model with no snapshot of
+its own falls back to the snapshots of its legacy id ``<experiment>.<metric>``, so snapshots
+stored before the id format changed still load (until the learner adopts them under the new
+id, :meth:`ModelRegistry.adopt`, numbering on from the legacy versions).
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ from typing import Any
 import msgspec
 
 from state import keys
+from state.naming import legacy_model_id, parse_model_id
 from state.store import Client
 
 KEEP_VERSIONS = 5
+MIN_KEY_BYTES = 32
 
 
 class SignatureError(ValueError):
@@ -59,16 +68,22 @@ class ModelRegistry:
     """Publish and load model snapshots; ``hmac_key`` must be the same for both sides."""
 
     def __init__(self, client: Client, hmac_key: str | bytes) -> None:
-        if not hmac_key:
-            raise ValueError("a model HMAC key is required (LIFTSTREAM_MODEL_HMAC_KEY)")
+        key = hmac_key.encode() if isinstance(hmac_key, str) else hmac_key
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"LIFTSTREAM_MODEL_HMAC_KEY: at least {MIN_KEY_BYTES} bytes are "
+                             f"required, got {len(key)}")
         self.client = client
-        self.key = hmac_key.encode() if isinstance(hmac_key, str) else hmac_key
+        self.key = key
 
     def publish(self, model_id: str, model: Any, examples: int, kind: str = "",
                 metrics: dict[str, float] | None = None,
                 offsets: dict[str, int] | None = None) -> int:
-        """Store a new version and make it the latest; old versions beyond 5 are dropped."""
+        """Store a new version and make it the latest; old versions beyond 5 are dropped.
+        The first version of an id numbers on from its legacy id's (see :meth:`stored_id`)."""
         k = keys.model(model_id)
+        fallback = self.stored_id(model_id)
+        if fallback != model_id:
+            self.client.hsetnx(k, "next_version", self.own_latest_version(fallback))
         version = int(self.client.hincrby(k, "next_version", 1))
         header = SnapshotHeader(model_id, version, examples, time.time(), dict(metrics or {}),
                                 dict(offsets or {}), kind)
@@ -80,14 +95,45 @@ class ModelRegistry:
         self.client.sadd(keys.MODEL_INDEX, model_id)
         return version
 
-    def latest_version(self, model_id: str) -> int:
-        raw = self.client.hget(keys.model(model_id), "latest")
+    def own_latest_version(self, stored_id: str) -> int:
+        """The latest version stored under exactly this id (no legacy fallback)."""
+        raw = self.client.hget(keys.model(stored_id), "latest")
         return int(raw) if raw is not None else 0
+
+    def stored_id(self, model_id: str) -> str:
+        """The id whose snapshots serve ``model_id``: itself, or — while it has none — its
+        legacy id (``<experiment>.<metric>``) if that has snapshots."""
+        if self.own_latest_version(model_id) > 0:
+            return model_id
+        parsed = parse_model_id(model_id)
+        if parsed is not None:
+            legacy = legacy_model_id(*parsed)
+            if self.own_latest_version(legacy) > 0:
+                return legacy
+        return model_id
+
+    def latest_version(self, model_id: str) -> int:
+        return self.own_latest_version(self.stored_id(model_id))
+
+    def adopt(self, legacy_id: str, model_id: str, loaded: LoadedModel) -> int:
+        """Publish a verified legacy snapshot under the new ``model_id``; its version numbers
+        go on from the legacy ones (:meth:`publish`), so a reader of the fallback sees a newer
+        version."""
+        if self.own_latest_version(model_id) > 0:
+            raise ValueError(f"model {model_id!r} already has snapshots")
+        h = loaded.header
+        return self.publish(model_id, loaded.model, h.examples, h.kind, dict(h.metrics),
+                            dict(h.offsets))
+
+    def count_refusal(self, model_id: str) -> None:
+        """Count a refused snapshot of ``model_id`` (``/metrics``)."""
+        self.client.hincrby(keys.MODEL_REFUSALS, model_id, 1)
 
     def load(self, model_id: str, version: int | None = None) -> LoadedModel | None:
         """The (latest) snapshot, verified; ``None`` if absent; :class:`SignatureError` if
-        tampered."""
-        v = version if version is not None else self.latest_version(model_id)
+        tampered. Versions are those of :meth:`stored_id` (the legacy id's, until adopted)."""
+        model_id = self.stored_id(model_id)
+        v = version if version is not None else self.own_latest_version(model_id)
         if v <= 0:
             return None
         blob: Any = self.client.hget(keys.model(model_id), f"v{v}")
@@ -114,3 +160,9 @@ class ModelRegistry:
             if blob is not None:
                 out.append(msgspec.msgpack.decode(blob, type=_Envelope).header)
         return out
+
+
+def refusal_counts(client: Client) -> dict[str, int]:
+    """Refused snapshots per model id (HMAC or format failures seen by workers and learner)."""
+    raw: Any = client.hgetall(keys.MODEL_REFUSALS)
+    return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}

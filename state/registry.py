@@ -6,7 +6,9 @@ exposure message, or a metric's own pre-exposure value over a look-back window),
 covariate candidates, and analysis settings. :func:`parse_definition` turns a mapping into a
 validated, normalised :class:`ExperimentDef` or raises :class:`DefinitionError` whose message
 starts with the offending field, e.g. ``metrics[1].aggregate: must be one of binary, count,
-sum``.
+sum``. Sizes are bounded (:mod:`state.limits`: variations, metrics, covariates, candidates,
+columns in all, bytes of text) and names may not clash with derived columns
+(:mod:`state.naming`, e.g. a covariate ``clk:pred`` next to metric ``clk``'s prediction).
 
 Redis keys (plain keys, never touched by Lua scripts, single-key commands only so the
 registry works on Redis Cluster as well):
@@ -20,7 +22,6 @@ from __future__ import annotations
 import builtins
 import logging
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -28,6 +29,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, get_args
 
 import msgspec
+
+from state.limits import (
+    CEILINGS,
+    DEFAULT_LIMITS,
+    DefinitionError,
+    DefinitionLimits,
+    check_columns,
+    check_counts,
+    decode_definition_text,
+    show,
+)
+from state.naming import ID_PATTERN, has_predictions, prediction_column
 
 if TYPE_CHECKING:
     import redis
@@ -45,6 +58,7 @@ __all__ = [
     "Aggregate",
     "CandidateDef",
     "DefinitionError",
+    "DefinitionLimits",
     "ExperimentDef",
     "ExperimentExists",
     "MetricDef",
@@ -52,6 +66,7 @@ __all__ = [
     "Registry",
     "load_definition",
     "parse_definition",
+    "parse_definition_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,15 +83,10 @@ MODELS: Final[tuple[str, ...]] = get_args(Model)
 STATUSES: Final[tuple[str, ...]] = get_args(Status)
 CORRECTIONS: Final[tuple[str, ...]] = get_args(Correction)
 
-ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_NAME_LENGTH: Final = 256
 REGISTRY_KEY: Final = "ls:registry"
 VERSION_KEY: Final = "ls:registry:version"
 _WEIGHT_TOLERANCE = 1e-12
-
-
-class DefinitionError(ValueError):
-    """An invalid experiment definition; the message starts with the field path."""
 
 
 class ExperimentExists(ValueError):
@@ -227,7 +237,7 @@ class ExperimentDef:
         if not isinstance(data, Mapping):
             raise DefinitionError(
                 f"definition: expected a JSON object, got {_type_name(data)}")
-        return parse_definition(data)
+        return parse_definition(data, CEILINGS)  # stored: held only to what storage can hold
 
 
 # --------------------------------------------------------------------------- parsing
@@ -251,7 +261,7 @@ def _fail(path: str, message: str) -> DefinitionError:
 def _str(path: str, x: Any) -> str:
     if not isinstance(x, str):
         hint = " (quote it in YAML)" if isinstance(x, int | float | date) else ""
-        raise _fail(path, f"expected a string, got {_type_name(x)} {x!r}{hint}")
+        raise _fail(path, f"expected a string, got {_type_name(x)} {show(x)}{hint}")
     if not x:
         raise _fail(path, "must not be empty")
     if len(x) > MAX_NAME_LENGTH:
@@ -262,13 +272,13 @@ def _str(path: str, x: Any) -> str:
 def _ident(path: str, x: Any) -> str:
     s = _str(path, x)
     if ID_PATTERN.fullmatch(s) is None:
-        raise _fail(path, f"{s!r} must match [A-Za-z0-9_.-]{{1,64}}")
+        raise _fail(path, f"{show(s)} must match [A-Za-z0-9_.-]{{1,64}}")
     return s
 
 
 def _number(path: str, x: Any) -> float:
     if isinstance(x, bool) or not isinstance(x, int | float):
-        raise _fail(path, f"expected a number, got {_type_name(x)} {x!r}")
+        raise _fail(path, f"expected a number, got {_type_name(x)} {show(x)}")
     try:
         v = float(x)
     except OverflowError:
@@ -281,26 +291,26 @@ def _number(path: str, x: Any) -> float:
 def _positive(path: str, x: Any) -> float:
     v = _number(path, x)
     if v <= 0:
-        raise _fail(path, f"must be > 0, got {x!r}")
+        raise _fail(path, f"must be > 0, got {show(x)}")
     return v
 
 
 def _probability(path: str, x: Any) -> float:
     v = _number(path, x)
     if not 0.0 < v < 1.0:
-        raise _fail(path, f"must be between 0 and 1 (exclusive), got {x!r}")
+        raise _fail(path, f"must be between 0 and 1 (exclusive), got {show(x)}")
     return v
 
 
 def _bool(path: str, x: Any) -> bool:
     if not isinstance(x, bool):
-        raise _fail(path, f"expected true or false, got {_type_name(x)} {x!r}")
+        raise _fail(path, f"expected true or false, got {_type_name(x)} {show(x)}")
     return x
 
 
 def _choice(path: str, x: Any, allowed: Sequence[str]) -> str:
     if not isinstance(x, str) or x not in allowed:
-        raise _fail(path, f"must be one of {', '.join(allowed)}, got {x!r}")
+        raise _fail(path, f"must be one of {', '.join(allowed)}, got {show(x)}")
     return x
 
 
@@ -313,13 +323,21 @@ def _seq(path: str, x: Any) -> builtins.list[Any]:
 def _mapping(path: str, x: Any, keys: Sequence[str], required: Sequence[str]) -> dict[str, Any]:
     if not isinstance(x, Mapping):
         raise _fail(path, f"expected a mapping, got {_type_name(x)}")
-    unknown = sorted(str(k) for k in x if k not in keys)
+    unknown = _unknown(x, keys)
     if unknown:
-        raise _fail(path, f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(keys)}")
+        raise _fail(path, f"unknown field(s) {unknown}; allowed: {', '.join(keys)}")
     for k in required:
         if x.get(k) is None:
             raise _fail(f"{path}.{k}", "required")
     return dict(x)
+
+
+def _unknown(x: Mapping[Any, Any], allowed: Any) -> str:
+    """The unknown keys of ``x`` (at most five shown, each elided)."""
+    unknown = [k for k in x if k not in allowed]
+    shown = ", ".join(sorted(show(k) if not isinstance(k, str) else show(k)[1:-1]
+                             for k in unknown[:5]))
+    return shown + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
 
 
 def _items(path: str, x: Any, item: Callable[[str, Any], _T]) -> tuple[_T, ...]:
@@ -332,7 +350,7 @@ def _time(path: str, x: Any) -> float:
         try:
             x = datetime.fromisoformat(x.strip())
         except ValueError:
-            raise _fail(path, f"not an ISO-8601 time or epoch seconds: {x!r}") from None
+            raise _fail(path, f"not an ISO-8601 time or epoch seconds: {show(x)}") from None
     if isinstance(x, date) and not isinstance(x, datetime):
         x = datetime(x.year, x.month, x.day)
     if isinstance(x, datetime):
@@ -376,14 +394,17 @@ def _optional(d: Mapping[str, Any], key: str, conv: Callable[[str, Any], _T]) ->
     return None if v is None else conv(key, v)
 
 
-def parse_definition(data: Mapping[str, Any]) -> ExperimentDef:
-    """Validate a mapping (parsed YAML/JSON) into an :class:`ExperimentDef`."""
+def parse_definition(data: Mapping[str, Any],
+                     limits: DefinitionLimits = DEFAULT_LIMITS) -> ExperimentDef:
+    """Validate a mapping (parsed YAML/JSON) into an :class:`ExperimentDef` within ``limits``
+    (the API and the CLI pass ``Settings.definition_limits()``)."""
     if not isinstance(data, Mapping):
         raise DefinitionError(f"definition: expected a mapping, got {_type_name(data)}")
-    unknown = sorted(str(k) for k in data if k not in _TOP_LEVEL)
+    unknown = _unknown(data, _TOP_LEVEL)
     if unknown:
-        raise DefinitionError(f"{', '.join(unknown)}: unknown field(s); allowed: "
+        raise DefinitionError(f"{unknown}: unknown field(s); allowed: "
                               f"{', '.join(sorted(_TOP_LEVEL))}")
+    check_counts(data, limits)
     for key in _REQUIRED:
         if data.get(key) is None:
             raise _fail(key, "required")
@@ -414,12 +435,28 @@ def parse_definition(data: Mapping[str, Any]) -> ExperimentDef:
         v = _optional(data, key, conv)
         if v is not None:
             kw[key] = v
-    return ExperimentDef(**kw)
+    d = ExperimentDef(**kw)
+    _check_bounds(d, limits)
+    return d
+
+
+def _check_bounds(d: ExperimentDef, limits: DefinitionLimits) -> None:
+    """Counts and columns in all within ``limits`` (columns counted as the layout builds
+    them, :func:`state.naming.column_names`)."""
+    check_counts({name: getattr(d, name) for name in ("variations", "weights", "metrics",
+                                                      "ratios", "covariates", "in_experiment",
+                                                      "pre_period", "guardrails")}, limits)
+    parts = {"metrics": len(d.metrics), "in_experiment candidates": len(d.in_experiment),
+             "covariates": len(d.covariates)}
+    if has_predictions(d):
+        parts["model predictions"] = len(d.metrics)
+    check_columns(parts, limits)
 
 
 def _validate(d: ExperimentDef) -> None:
     """Cross-field checks; raises DefinitionError naming the field."""
     _ident("id", d.id)
+    _check_bounds(d, CEILINGS)  # what the packed unit state can hold, whatever the settings
     if len(d.variations) < 2:
         raise _fail("variations", f"need at least 2 (the first is the control), got "
                     f"{len(d.variations)}")
@@ -427,7 +464,7 @@ def _validate(d: ExperimentDef) -> None:
     for i, v in enumerate(d.variations):
         _str(f"variations[{i}]", v)
         if v in seen:
-            raise _fail(f"variations[{i}]", f"duplicate variation {v!r}")
+            raise _fail(f"variations[{i}]", f"duplicate variation {show(v)}")
         seen.add(v)
     if len(d.weights) != len(d.variations):
         raise _fail("weights", f"{len(d.weights)} weights for {len(d.variations)} variations")
@@ -440,7 +477,7 @@ def _validate(d: ExperimentDef) -> None:
 
     def claim(path: str, name: str) -> None:
         if name in names:
-            raise _fail(path, f"name {name!r} is already used by {names[name]}")
+            raise _fail(path, f"name {show(name)} is already used by {names[name]}")
         names[name] = path
 
     for i, cov in enumerate(d.covariates):
@@ -464,7 +501,7 @@ def _validate(d: ExperimentDef) -> None:
         for part in ("numerator", "denominator"):
             ref = getattr(r, part)
             if ref not in metric_aggs:
-                raise _fail(f"{p}.{part}", f"{ref!r} is not a metric; metrics: "
+                raise _fail(f"{p}.{part}", f"{show(ref)} is not a metric; metrics: "
                             f"{', '.join(metric_aggs)}")
         if r.numerator == r.denominator:
             raise _fail(p, "numerator and denominator must differ")
@@ -475,13 +512,19 @@ def _validate(d: ExperimentDef) -> None:
         _str(f"{p}.event", c.event)
         _choice(f"{p}.aggregate", c.aggregate, CANDIDATE_AGGREGATES)
         claim(f"{p}.name", c.name)
+    if has_predictions(d):
+        for m in d.metrics:
+            col = prediction_column(m.name)
+            if col in names:
+                raise _fail(names[col], f"{show(col)} is the name of metric {m.name!r}'s "
+                            f"model-prediction column ({d.model} model); rename it")
 
     for i, name in enumerate(d.pre_period):
         if name not in metric_aggs:
-            raise _fail(f"pre_period[{i}]", f"{name!r} is not a metric; metrics: "
+            raise _fail(f"pre_period[{i}]", f"{show(name)} is not a metric; metrics: "
                         f"{', '.join(metric_aggs)}")
         if name in d.pre_period[:i]:
-            raise _fail(f"pre_period[{i}]", f"duplicate {name!r}")
+            raise _fail(f"pre_period[{i}]", f"duplicate {show(name)}")
     lookback = _number("lookback_seconds", d.lookback_seconds)
     if lookback < 0:
         raise _fail("lookback_seconds", f"must be >= 0, got {lookback}")
@@ -497,12 +540,12 @@ def _validate(d: ExperimentDef) -> None:
     _choice("status", d.status, STATUSES)
     analysable = set(metric_aggs) | {r.name for r in d.ratios}
     if d.primary_metric is not None and d.primary_metric not in analysable:
-        raise _fail("primary_metric", f"{d.primary_metric!r} is not a metric or ratio")
+        raise _fail("primary_metric", f"{show(d.primary_metric)} is not a metric or ratio")
     for i, g in enumerate(d.guardrails):
         if g not in analysable:
-            raise _fail(f"guardrails[{i}]", f"{g!r} is not a metric or ratio")
+            raise _fail(f"guardrails[{i}]", f"{show(g)} is not a metric or ratio")
         if g in d.guardrails[:i]:
-            raise _fail(f"guardrails[{i}]", f"duplicate {g!r}")
+            raise _fail(f"guardrails[{i}]", f"duplicate {show(g)}")
     if d.model is not None:
         _choice("model", d.model, MODELS)
     if d.outcome_window_seconds is not None:
@@ -516,33 +559,29 @@ def _validate(d: ExperimentDef) -> None:
         _choice("correction", d.correction, CORRECTIONS)
 
 
-def load_definition(path: str) -> ExperimentDef:
-    """Read and validate a definition file (``.yaml``, ``.yml`` or ``.json``)."""
+def load_definition(path: str, limits: DefinitionLimits = DEFAULT_LIMITS) -> ExperimentDef:
+    """Read and validate a definition file (``.yaml``, ``.yml`` or ``.json``) within
+    ``limits``: at most ``max_definition_bytes``, no YAML aliases, no duplicate keys."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in (".yaml", ".yml", ".json"):
         raise DefinitionError(f"{path}: expected a .yaml, .yml or .json file")
     try:
-        text = p.read_bytes()
+        with p.open("rb") as f:
+            text = f.read(limits.max_definition_bytes + 1)  # one more byte says "too large"
     except OSError as exc:
         raise DefinitionError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if suffix == ".json":
-        try:
-            data = msgspec.json.decode(text)
-        except (msgspec.DecodeError, RecursionError) as exc:
-            raise DefinitionError(f"{path}: not valid JSON ({exc})") from None
-    else:
-        import yaml
+    return parse_definition_text(text, "json" if suffix == ".json" else "yaml", path, limits)
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            first = str(exc).replace("\n", " ")
-            raise DefinitionError(f"{path}: not valid YAML ({first})") from None
+
+def parse_definition_text(text: bytes, fmt: Literal["yaml", "json"], source: str,
+                          limits: DefinitionLimits = DEFAULT_LIMITS) -> ExperimentDef:
+    """Validate definition text (YAML or JSON) read from ``source`` (named in errors)."""
+    data = decode_definition_text(text, fmt, source, limits)
     if not isinstance(data, Mapping):
-        raise DefinitionError(f"{path}: expected a mapping at the top level, "
+        raise DefinitionError(f"{source}: expected a mapping at the top level, "
                               f"got {_type_name(data)}")
-    return parse_definition(data)
+    return parse_definition(data, limits)
 
 
 # --------------------------------------------------------------------------- storage

@@ -62,6 +62,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from estimators.analysis import ESTIMATORS
 from state import history
+from state.limits import check_text_size, refuse_duplicate_json_keys
+from state.models import refusal_counts
 from state.registry import (
     DefinitionError,
     ExperimentDef,
@@ -190,6 +192,20 @@ DefinitionBody = Annotated[dict[str, Any], Body(examples=[DEFINITION_EXAMPLE],
                                                 description="an experiment definition")]
 
 
+async def _strict_definition_text(request: Request) -> None:
+    """The definition's raw JSON held to what ``experiments create`` holds a file to: at most
+    ``LIFTSTREAM_MAX_DEFINITION_BYTES``, no key given twice (``json`` would keep the last)."""
+    raw = await request.body()
+    try:
+        check_text_size(raw, "request body", request.app.state.api.settings.definition_limits())
+        refuse_duplicate_json_keys(raw, "request body")
+    except DefinitionError as exc:
+        raise ApiError(422, "invalid_definition", str(exc)) from None
+
+
+StrictDefinitionText = Annotated[None, Depends(_strict_definition_text)]
+
+
 
 
 @dataclass
@@ -289,6 +305,7 @@ class _IngestCollector(Collector):
             n = partition_count(api.client)
             counters = read_counters(api.client, range(n)) if n else {}
             defs = api.registry.list()
+            refusals = refusal_counts(api.client)
         except (redis.RedisError, redis.cluster.RedisClusterException, OSError) as exc:
             log.warning("metrics: Redis unavailable: %s", exc)
             up.add_metric([], 0.0)
@@ -299,6 +316,7 @@ class _IngestCollector(Collector):
         yield up
         yield from self._ingest(counters, n)
         yield from self._experiments(counters, defs)
+        yield _refused_snapshots(refusals)
         yield from self._lag()
         yield from self._cache_metrics()
 
@@ -406,6 +424,15 @@ class _IngestCollector(Collector):
         m.add_metric(["shared"], float(cache.shared))
         m.add_metric(["miss"], float(cache.misses))
         yield m
+
+
+def _refused_snapshots(refusals: Mapping[str, int]) -> Metric:
+    m = CounterMetricFamily("liftstream_model_snapshots_refused",
+                            "model snapshots refused (HMAC does not verify, or unreadable) by "
+                            "workers and the learner", labels=["model"])
+    for model_id, n in sorted(refusals.items()):
+        m.add_metric([model_id], float(n))
+    return m
 
 
 # --------------------------------------------------------------------------- the app
@@ -581,8 +608,8 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                            "request body: expected a JSON object with the experiment "
                            "definition")
         try:
-            return parse_definition(body)
-        except DefinitionError as exc:
+            return parse_definition(body, api.settings.definition_limits())
+        except DefinitionError as exc:  # its message is bounded (state/limits.py)
             raise ApiError(422, "invalid_definition", str(exc)) from None
 
     def must_get(experiment_id: str) -> ExperimentDef:
@@ -598,7 +625,8 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     @app.post("/v1/experiments", tags=["experiments"], status_code=201,
               summary="Create an experiment",
               responses={409: {"description": "id exists"}, 422: {"description": "invalid"}})
-    def create_experiment(body: DefinitionBody, _: Admin) -> dict[str, Any]:
+    def create_experiment(body: DefinitionBody, _: Admin,
+                          __: StrictDefinitionText) -> dict[str, Any]:
         d = parse(body)
         try:
             api.registry.create(d)
@@ -616,7 +644,7 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     @app.put("/v1/experiments/{experiment_id}", tags=["experiments"],
              summary="Replace an experiment's definition")
     def replace_experiment(experiment_id: ExperimentId, body: DefinitionBody,
-                           _: Admin) -> dict[str, Any]:
+                           _: Admin, __: StrictDefinitionText) -> dict[str, Any]:
         if isinstance(body, dict):
             body_id = body.setdefault("id", experiment_id)
             if body_id != experiment_id:

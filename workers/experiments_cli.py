@@ -16,7 +16,6 @@ from typing import Any
 import msgspec
 import redis
 import redis.cluster
-import yaml
 from redis.exceptions import RedisClusterException
 
 from state.registry import (
@@ -25,7 +24,7 @@ from state.registry import (
     ExperimentExists,
     Registry,
     load_definition,
-    parse_definition,
+    parse_definition_text,
 )
 from workers.settings import Settings, SettingsError, load_settings
 
@@ -80,17 +79,22 @@ def _run(body: Callable[[argparse.Namespace], int]) -> Handler:
 
 
 def _read(path: str) -> ExperimentDef:
+    """The definition in file ``path`` (``-``: YAML or JSON on stdin), within the limits of
+    the settings (``LIFTSTREAM_MAX_*``)."""
+    try:
+        limits = load_settings().definition_limits()
+    except SettingsError as exc:
+        raise _Failure(str(exc), 2) from None
     try:
         if path == "-":
-            data = yaml.safe_load(sys.stdin.read())
-            if not isinstance(data, dict):
-                raise DefinitionError("-: expected a mapping at the top level")
-            return parse_definition(data)
-        return load_definition(path)
+            cap = limits.max_definition_bytes + 1  # one byte more says "too large"
+            stdin: Any = sys.stdin
+            text = (stdin.buffer.read(cap) if hasattr(stdin, "buffer")
+                    else stdin.read(cap).encode())
+            return parse_definition_text(text, "yaml", "-", limits)  # JSON is YAML too
+        return load_definition(path, limits)
     except DefinitionError as exc:
         raise _Failure(str(exc), 2) from None
-    except yaml.YAMLError as exc:
-        raise _Failure(f"-: not valid YAML ({exc})".replace("\n", " "), 2) from None
 
 
 def _create(args: argparse.Namespace) -> int:

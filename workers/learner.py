@@ -4,7 +4,7 @@ Ingest workers publish a :class:`~stream.batch.TrainingExample` when a unit's ou
 closes — after its ŷ was frozen at exposure, so no unit trains the prediction it is analysed
 with (Tang et al. 2020, CUPAC; Guo et al. 2021, MLRATE: the model must not see the unit).
 The learner keeps one :class:`~workers.online_model.OnlineModel` per model id, its kind taken
-from the experiment definition (``"<experiment>.<metric>"`` → ``ExperimentDef.model``;
+from the experiment definition (``"<experiment>/<metric>"`` → ``ExperimentDef.model``;
 ``linear`` for ids of no registered experiment, e.g. historical examples), and publishes
 snapshots through :class:`~state.models.ModelRegistry` every
 ``learner_snapshot_examples`` examples or ``learner_snapshot_seconds`` seconds.
@@ -27,6 +27,10 @@ Consumption and exactly-once learning
   checkpoint, so the smallest stored offset never passes an example that is only in memory.
   A model that gets no examples is re-published with current offsets every
   :data:`TOUCH_SECONDS`, so it does not pin the restart position forever.
+* **Legacy ids.** Ids were ``<experiment>.<metric>`` before (ambiguous across experiments).
+  At start-up a stored snapshot under such an id is *adopted* under the new id of every
+  registered experiment-metric it names (:meth:`state.models.ModelRegistry.adopt`), and a
+  training example still carrying it is learned by those models.
 * Examples repeated by ingest (at-least-once publishing around a crash) carry the same
   ``id`` and are skipped by the model's window of recent ids.
 """
@@ -48,7 +52,9 @@ import msgspec
 import redis.exceptions
 
 from state import keys
-from state.models import ModelRegistry, SignatureError
+from state.models import LoadedModel, ModelRegistry, SignatureError
+from state.naming import legacy_targets, parse_model_id, resolve_model_id
+from state.naming import model_id as make_model_id
 from state.registry import ExperimentDef, Registry
 from state.store import Client, connect
 from stream.batch import TrainingExample
@@ -82,15 +88,13 @@ def parse_offset_key(key: str) -> tuple[str, int] | None:
     return topic, int(part)
 
 
-def resolve_kind(model_id: str, definitions: Mapping[str, ExperimentDef]) -> str:
-    """The model kind of ``"<experiment>.<metric>"`` (ids and metrics may contain dots)."""
-    for i, ch in enumerate(model_id):
-        if ch != ".":
-            continue
-        d = definitions.get(model_id[:i])
-        if d is not None and d.model in KINDS and \
-                model_id[i + 1:] in {m.name for m in d.metrics}:
-            return d.model
+def resolve_kind(mid: str, definitions: Mapping[str, ExperimentDef]) -> str:
+    """The model kind of ``"<experiment>/<metric>"`` (or of a legacy dotted id)."""
+    target = resolve_model_id(mid, definitions)
+    if target is not None:
+        kind = definitions[target[0]].model
+        if kind in KINDS:
+            return kind
     return DEFAULT_KIND
 
 
@@ -138,39 +142,72 @@ class LearnerState:
         """Load the latest verifiable snapshot of every model in the registry."""
         report = LoadReport()
         ids = model_ids if model_ids is not None else self._registered_ids()
-        for model_id in sorted(ids):
-            latest = self.registry.latest_version(model_id)
-            loaded = None
-            for version in range(latest, max(latest - KEEP_VERSIONS, 0), -1):
-                try:
-                    loaded = self.registry.load(model_id, version)
-                except SignatureError as exc:
-                    report.refused[model_id] = report.refused.get(model_id, 0) + 1
-                    self.stats["refused_snapshots"] += 1
-                    log.error("learner: refused snapshot (%s); trying an older version", exc)
-                    continue
-                if loaded is not None:
-                    break
-            if loaded is None:
-                if latest > 0:
-                    log.error("learner: no verifiable snapshot of %s: it restarts empty and "
-                              "re-learns the topic from the beginning", model_id)
-                    self.slots[model_id] = _Slot(self._new_model(model_id), latest)
-                continue
-            if not isinstance(loaded.model, OnlineModel):
-                report.foreign.append(model_id)
-                self.foreign.add(model_id)
-                log.warning("learner: snapshot of %s is a %s, not an OnlineModel: not managed",
-                            model_id, type(loaded.model).__name__)
-                continue
-            floor = {}
-            for key, off in loaded.header.offsets.items():
-                parsed = parse_offset_key(key)
-                if parsed is not None and parsed[0] == self.topic:
-                    floor[parsed[1]] = int(off)
-            self.slots[model_id] = _Slot(loaded.model, latest, floor, 0, self.clock())
-            report.models += 1
+        definitions = self._definitions()
+        legacy: dict[str, list[str]] = {}  # legacy id → the new ids it names
+        for mid in sorted(ids):
+            targets = legacy_targets(mid, definitions) if parse_model_id(mid) is None else []
+            if targets:
+                legacy[mid] = [make_model_id(*t) for t in targets]
+            else:
+                self._load_one(mid, report)
+        for old, news in legacy.items():
+            for new in news:
+                if new not in self.slots and new not in self.foreign:
+                    self._adopt(old, new, report)
         return report
+
+    def _latest_verifiable(self, mid: str, report: LoadReport) -> tuple[int, LoadedModel | None]:
+        latest = self.registry.latest_version(mid)
+        for version in range(latest, max(latest - KEEP_VERSIONS, 0), -1):
+            try:
+                loaded = self.registry.load(mid, version)
+            except SignatureError as exc:
+                report.refused[mid] = report.refused.get(mid, 0) + 1
+                self.stats["refused_snapshots"] += 1
+                self.registry.count_refusal(mid)
+                log.error("learner: refused snapshot (%s); trying an older version", exc)
+                continue
+            if loaded is not None:
+                return latest, loaded
+        return latest, None
+
+    def _adopt(self, legacy_id: str, mid: str, report: LoadReport) -> None:
+        """Continue a legacy-id snapshot under the new id ``mid`` (published at once)."""
+        _, loaded = self._latest_verifiable(legacy_id, report)
+        if loaded is None or not isinstance(loaded.model, OnlineModel):
+            log.warning("learner: legacy snapshot %s not adopted as %s (none verifiable, or "
+                        "not an OnlineModel)", legacy_id, mid)
+            return
+        version = self.registry.adopt(legacy_id, mid, loaded)
+        log.info("learner: adopted legacy snapshot %s as %s v%d", legacy_id, mid, version)
+        self.slots[mid] = _Slot(loaded.model, version, self._floor(loaded), 0, self.clock())
+        report.models += 1
+
+    def _floor(self, loaded: LoadedModel) -> dict[int, int]:
+        floor = {}
+        for key, off in loaded.header.offsets.items():
+            parsed = parse_offset_key(key)
+            if parsed is not None and parsed[0] == self.topic:
+                floor[parsed[1]] = int(off)
+        return floor
+
+    def _load_one(self, model_id: str, report: LoadReport) -> None:
+        latest, loaded = self._latest_verifiable(model_id, report)
+        if loaded is None:
+            if latest > 0:
+                log.error("learner: no verifiable snapshot of %s: it restarts empty and "
+                          "re-learns the topic from the beginning", model_id)
+                self.slots[model_id] = _Slot(self._new_model(model_id), latest)
+            return
+        if not isinstance(loaded.model, OnlineModel):
+            report.foreign.append(model_id)
+            self.foreign.add(model_id)
+            log.warning("learner: snapshot of %s is a %s, not an OnlineModel: not managed",
+                        model_id, type(loaded.model).__name__)
+            return
+        self.slots[model_id] = _Slot(loaded.model, latest, self._floor(loaded), 0,
+                                     self.clock())
+        report.models += 1
 
     def _registered_ids(self) -> list[str]:
         raw: Any = self.registry.client.smembers(keys.MODEL_INDEX)
@@ -200,12 +237,25 @@ class LearnerState:
         if not ex.model or len(ex.model) > 512:
             self.stats["invalid_messages"] += 1
             return False
-        slot = self.slots.get(ex.model)
-        if slot is None and ex.model in self.foreign:
+        learned = False
+        for mid in self._targets(ex.model):
+            learned = self._learn(mid, partition, offset, ex) or learned
+        return learned
+
+    def _targets(self, mid: str) -> list[str]:
+        """The models an example's id trains: itself, or those a legacy id names."""
+        if parse_model_id(mid) is not None:
+            return [mid]
+        targets = legacy_targets(mid, self._definitions())
+        return [make_model_id(*t) for t in targets] if targets else [mid]
+
+    def _learn(self, mid: str, partition: int, offset: int, ex: TrainingExample) -> bool:
+        slot = self.slots.get(mid)
+        if slot is None and mid in self.foreign:
             self.stats["foreign_model_examples"] += 1
             return False
         if slot is None:
-            slot = self.slots[ex.model] = _Slot(self._new_model(ex.model))
+            slot = self.slots[mid] = _Slot(self._new_model(mid))
         if offset < slot.floor.get(partition, 0):
             self.stats["already_learned"] += 1
             return False
@@ -244,7 +294,7 @@ class LearnerState:
         return published
 
     def publish(self, model_id: str, slot: _Slot) -> int:
-        current = self.registry.latest_version(model_id)
+        current = self.registry.own_latest_version(model_id)  # not a legacy id's fallback
         if current != slot.version:
             raise LearnerConflict(
                 f"model {model_id!r} is at version {current} in the registry, but this learner "

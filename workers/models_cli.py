@@ -20,6 +20,7 @@ import msgspec
 
 from state import keys
 from state.models import ModelRegistry, SignatureError, SnapshotHeader
+from state.naming import resolve_model_id
 from state.registry import ExperimentDef, Registry
 from state.store import Client
 
@@ -42,13 +43,7 @@ def _header(client: Client, model_id: str, version: int) -> SnapshotHeader | Non
 
 
 def _split(model_id: str, definitions: dict[str, ExperimentDef]) -> tuple[str, str] | None:
-    for i, ch in enumerate(model_id):
-        if ch == "." and model_id[:i] in definitions:
-            d = definitions[model_id[:i]]
-            metric = model_id[i + 1:]
-            if metric in {m.name for m in d.metrics}:
-                return d.id, metric
-    return None
+    return resolve_model_id(model_id, definitions)
 
 
 def _in_results(client: Client, d: ExperimentDef, metric: str,

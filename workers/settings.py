@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from state.limits import CEILINGS, DEFAULT_LIMITS, LIMIT_FIELDS, DefinitionLimits
+from state.models import MIN_KEY_BYTES
+
 __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "env_name", "load_settings", "to_env"]
 
 ENV_PREFIX: Final = "LIFTSTREAM_"
@@ -73,11 +76,23 @@ class Settings:
     learner_snapshot_examples: int = 5000
     learner_snapshot_seconds: float = 10.0
     learner_dedupe_window: int = 50_000
+    # definition limits (state/limits.py holds the defaults; docs/operations.md explains them)
+    max_variations: int = DEFAULT_LIMITS.max_variations
+    max_metrics: int = DEFAULT_LIMITS.max_metrics
+    max_ratios: int = DEFAULT_LIMITS.max_ratios
+    max_covariates: int = DEFAULT_LIMITS.max_covariates
+    max_candidates: int = DEFAULT_LIMITS.max_candidates
+    max_columns: int = DEFAULT_LIMITS.max_columns
+    max_definition_bytes: int = DEFAULT_LIMITS.max_definition_bytes
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check(f.name, getattr(self, f.name), repr(getattr(self, f.name)))
         _cross_check(self)
+
+    def definition_limits(self) -> DefinitionLimits:
+        """The bounds every new definition is held to (API and ``experiments create``)."""
+        return DefinitionLimits(**{name: getattr(self, name) for name in LIMIT_FIELDS})
 
     def kafka_options(self) -> dict[str, Any]:
         """Security keyword arguments for kafka-python (only those that are set)."""
@@ -135,7 +150,8 @@ def _redact_url_path(url: str) -> str:
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}
 _POSITIVE_INT: Final = ("partitions", "batch_size", "batch_timeout_ms", "max_pending_events",
-                        "unit_buckets", "learner_snapshot_examples", "learner_dedupe_window")
+                        "unit_buckets", "learner_snapshot_examples", "learner_dedupe_window",
+                        *LIMIT_FIELDS)
 _NONNEGATIVE_FLOAT: Final = ("grace_seconds", "results_cache_seconds")
 _POSITIVE_FLOAT: Final = ("alert_interval_seconds", "stale_after_seconds",
                           "learner_snapshot_seconds")
@@ -154,6 +170,9 @@ def _check(name: str, value: Any, shown: str) -> None:
     if name in _POSITIVE_INT:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise _fail(name, "a positive integer", shown)
+        if name in LIMIT_FIELDS and value > getattr(CEILINGS, name):
+            raise _fail(name, f"at most {getattr(CEILINGS, name)} (what the stored unit state "
+                        f"can hold)", shown)
     elif name == "api_port":
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
             raise _fail(name, "a TCP port (1-65535)", shown)
@@ -177,6 +196,10 @@ def _check(name: str, value: Any, shown: str) -> None:
     elif name in _OPTIONAL:
         if value is not None and (not isinstance(value, str) or not value):
             raise _fail(name, "a non-empty string or nothing", shown)
+        if name == "model_hmac_key" and value is not None \
+                and len(value.encode()) < MIN_KEY_BYTES:
+            raise SettingsError(f"{env_name(name)}: expected at least {MIN_KEY_BYTES} bytes "
+                                f"(e.g. `openssl rand -hex 32`), got {len(value.encode())}")
     elif not isinstance(value, str) or not value.strip():
         raise _fail(name, "a non-empty string", shown)
     elif name == "kafka_security_protocol" and value not in SECURITY_PROTOCOLS:

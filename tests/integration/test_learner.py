@@ -57,7 +57,7 @@ from .streaming import (
     worker_thread,
 )
 
-KEY = "test-hmac-key"
+KEY = "test-hmac-key-of-at-least-32-bytes"
 
 
 def learner_settings(bootstrap: str, redis_url: str, prefix: str, partitions: int = 4,
@@ -332,7 +332,7 @@ def test_worker_and_learner_end_to_end(broker: Broker, redis_url: str) -> None:
     Registry(client).create(d)
     rng = np.random.default_rng(5)
     first, second = _units(0, 2000, rng), _units(2000, 4000, rng)
-    model_id = "lrn.revenue"
+    model_id = "lrn/revenue"  # state.naming.model_id("lrn", "revenue")
     with worker_thread(s) as worker, learner_thread(s) as learner:
         # maturity is judged by event time of later batches of the partition (no wall clock),
         # so the first phase goes in chunks: each chunk's batches mature earlier chunks' units

@@ -161,7 +161,7 @@ def test_redacted_hides_secrets() -> None:
         "LIFTSTREAM_REDIS_URL": "redis://default:s3cret@redis:6379/0",
         "LIFTSTREAM_API_READ_TOKENS": "read-token-1,read-token-2",
         "LIFTSTREAM_API_ADMIN_TOKENS": "admin-token",
-        "LIFTSTREAM_MODEL_HMAC_KEY": "hmac-key",
+        "LIFTSTREAM_MODEL_HMAC_KEY": "hmac-key-of-at-least-32-bytes-0123456789",
         "LIFTSTREAM_ALERT_WEBHOOKS": "https://hooks.slack.com/services/T0/B0/XYZ",
     })
     r = s.redacted()
@@ -176,3 +176,53 @@ def test_redacted_hides_secrets() -> None:
     assert set(r) == {f.name for f in dataclasses.fields(Settings)}
     plain = Settings().redacted()
     assert plain["kafka_sasl_password"] is None and plain["redis_url"] == Settings().redis_url
+
+
+def test_short_model_hmac_key_refused_naming_the_variable() -> None:
+    for key in ("k", "x" * 31, "é" * 15):  # 15 two-byte characters: 30 bytes
+        with pytest.raises(SettingsError) as info:
+            load_settings({"LIFTSTREAM_MODEL_HMAC_KEY": key})
+        message = str(info.value)
+        assert message.startswith("LIFTSTREAM_MODEL_HMAC_KEY: expected at least 32 bytes")
+        assert key not in message  # the (weak) secret is not echoed
+        with pytest.raises(SettingsError, match="LIFTSTREAM_MODEL_HMAC_KEY"):
+            Settings(model_hmac_key=key)
+    assert load_settings({"LIFTSTREAM_MODEL_HMAC_KEY": "k" * 32}).model_hmac_key == "k" * 32
+
+
+def test_definition_limits_from_settings() -> None:
+    from state.limits import DEFAULT_LIMITS, LIMIT_FIELDS, DefinitionLimits
+
+    assert Settings().definition_limits() == DEFAULT_LIMITS  # defaults in one place
+    assert {f.name for f in dataclasses.fields(DefinitionLimits)} == set(LIMIT_FIELDS)
+    s = load_settings({"LIFTSTREAM_MAX_VARIATIONS": "8", "LIFTSTREAM_MAX_METRICS": "20",
+                       "LIFTSTREAM_MAX_DEFINITION_BYTES": "4096"})
+    limits = s.definition_limits()
+    assert (limits.max_variations, limits.max_metrics, limits.max_definition_bytes) == \
+        (8, 20, 4096)
+    assert limits.max_columns == 255
+    for var, bad, fragment in (("LIFTSTREAM_MAX_COLUMNS", "256", "at most 255"),
+                               ("LIFTSTREAM_MAX_VARIATIONS", "1000", "at most 255"),
+                               ("LIFTSTREAM_MAX_METRICS", "0", "a positive integer"),
+                               ("LIFTSTREAM_MAX_COVARIATES", "many", "a positive integer")):
+        with pytest.raises(SettingsError, match=f"^{var}: expected {fragment}"):
+            load_settings({var: bad})
+
+
+@pytest.mark.parametrize("command", ["worker", "learner"])
+def test_processes_refuse_a_short_hmac_key_at_start_up(command: str) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTSTREAM_")}
+    env.update(PYTHONPATH=str(root), LIFTSTREAM_MODEL_HMAC_KEY="weak-key-1")
+    done = subprocess.run([sys.executable, "-m", "workers.cli", command], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"liftstream {command}: error: LIFTSTREAM_MODEL_HMAC_KEY: "
+                                   f"expected at least 32 bytes (e.g. `openssl rand -hex 32`), "
+                                   f"got 10")
+    assert "weak-key-1" not in done.stderr + done.stdout
