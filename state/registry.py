@@ -61,6 +61,8 @@ CandidateAggregate = Literal["count", "sum"]
 Model = Literal["linear", "logistic", "tree", "forest"]
 Status = Literal["running", "stopped"]
 Correction = Literal["holm", "bh"]
+PriorKind = Literal["fixed", "empirical"]
+SelectionKind = Literal["balance", "fisher"]
 
 AGGREGATES: Final[tuple[str, ...]] = get_args(Aggregate)
 CANDIDATE_AGGREGATES: Final[tuple[str, ...]] = get_args(CandidateAggregate)
@@ -91,6 +93,8 @@ class MetricDef:
     event: str
     aggregate: Aggregate
     cap: float | None = None
+    mde: float | None = None  # target relative MDE (power and time to decision)
+    higher_is_better: bool = True  # desired direction (verdict, guardrail harm)
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,9 @@ class ExperimentDef:
     selection_alpha: float = 0.05
     selection_holm: bool = False
     correction: Correction | None = None
+    prior: PriorKind = "fixed"  # ``prior: {kind: empirical}``: σ from finished experiments
+    in_experiment_selection: SelectionKind = "balance"  # ``{kind: fisher}``: pre-selection
+    min_runtime_seconds: float | None = None  # verdict: minimum runtime before deciding
 
     def __post_init__(self) -> None:
         for name in ("variations", "weights", "metrics", "ratios", "covariates", "pre_period",
@@ -190,7 +197,8 @@ class ExperimentDef:
             "variations": builtins.list(self.variations),
             "weights": builtins.list(self.weights),
             "metrics": [{"name": m.name, "event": m.event, "aggregate": m.aggregate,
-                         "cap": m.cap} for m in self.metrics],
+                         "cap": m.cap, "mde": m.mde, "higher_is_better": m.higher_is_better}
+                        for m in self.metrics],
             "ratios": [{"name": r.name, "numerator": r.numerator, "denominator": r.denominator}
                        for r in self.ratios],
             "covariates": builtins.list(self.covariates),
@@ -211,6 +219,9 @@ class ExperimentDef:
             "selection_alpha": self.selection_alpha,
             "selection_holm": self.selection_holm,
             "correction": self.correction,
+            "prior": {"kind": self.prior},
+            "in_experiment_selection": {"kind": self.in_experiment_selection},
+            "min_runtime_seconds": self.min_runtime_seconds,
         }
 
     def to_json(self) -> bytes:
@@ -346,13 +357,25 @@ def _time(path: str, x: Any) -> float:
 
 
 def _metric(path: str, x: Any) -> MetricDef:
-    d = _mapping(path, x, ("name", "event", "aggregate", "cap"), ("name", "event", "aggregate"))
-    cap = d.get("cap")
+    d = _mapping(path, x, ("name", "event", "aggregate", "cap", "mde", "higher_is_better"),
+                 ("name", "event", "aggregate"))
+    cap, mde, hib = d.get("cap"), d.get("mde"), d.get("higher_is_better")
     return MetricDef(name=_ident(f"{path}.name", d["name"]),
                      event=_str(f"{path}.event", d["event"]),
                      aggregate=cast(Aggregate, _choice(f"{path}.aggregate", d["aggregate"],
                                                        AGGREGATES)),
-                     cap=None if cap is None else _number(f"{path}.cap", cap))
+                     cap=None if cap is None else _number(f"{path}.cap", cap),
+                     mde=None if mde is None else _positive(f"{path}.mde", mde),
+                     higher_is_better=True if hib is None else _bool(f"{path}.higher_is_better",
+                                                                     hib))
+
+
+def _kind(allowed: Sequence[str]) -> Callable[[str, Any], str]:
+    """A ``{kind: ...}`` mapping (e.g. ``prior: {kind: empirical}``) → its kind."""
+    def conv(path: str, x: Any) -> str:
+        d = _mapping(path, x, ("kind",), ("kind",))
+        return _choice(f"{path}.kind", d["kind"], allowed)
+    return conv
 
 
 def _ratio(path: str, x: Any) -> RatioDef:
@@ -409,6 +432,9 @@ def parse_definition(data: Mapping[str, Any]) -> ExperimentDef:
         "alpha": _probability, "sequential_tuning": _positive, "prior_sigma": _positive,
         "selection_alpha": _probability, "selection_holm": _bool,
         "correction": lambda p, x: _choice(p, x, CORRECTIONS),
+        "prior": _kind(get_args(PriorKind)),
+        "in_experiment_selection": _kind(get_args(SelectionKind)),
+        "min_runtime_seconds": _positive,
     }
     for key, conv in scalars.items():
         v = _optional(data, key, conv)
@@ -456,6 +482,8 @@ def _validate(d: ExperimentDef) -> None:
             if m.aggregate == "binary":
                 raise _fail(f"{p}.cap", "only count and sum metrics can be capped")
             _positive(f"{p}.cap", m.cap)
+        if m.mde is not None:
+            _positive(f"{p}.mde", m.mde)
         claim(f"{p}.name", m.name)
         metric_aggs[m.name] = m.aggregate
     for i, r in enumerate(d.ratios):
@@ -514,6 +542,10 @@ def _validate(d: ExperimentDef) -> None:
     _bool("selection_holm", d.selection_holm)
     if d.correction is not None:
         _choice("correction", d.correction, CORRECTIONS)
+    _choice("prior.kind", d.prior, get_args(PriorKind))
+    _choice("in_experiment_selection.kind", d.in_experiment_selection, get_args(SelectionKind))
+    if d.min_runtime_seconds is not None:
+        _positive("min_runtime_seconds", d.min_runtime_seconds)
 
 
 def load_definition(path: str) -> ExperimentDef:

@@ -69,7 +69,7 @@ from state.registry import (
     Registry,
     parse_definition,
 )
-from state.results import experiment_document_with
+from state.results import experiment_document_with, record_finished
 from state.store import Client, partition_count, read_counters
 from stream.lag import LagMonitor
 from workers.cache import SingleFlightCache
@@ -640,6 +640,7 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
         except KeyError:
             raise ApiError(404, "not_found", f"no experiment {experiment_id!r}") from None
         forget(experiment_id)
+        record_finished(api.client, d)  # the finished-experiments store (state.finished)
         return d.to_dict()
 
     # -- results --------------------------------------------------------------------------

@@ -1,0 +1,180 @@
+"""Power, minimum detectable effect and time to decision (fixed-horizon and anytime-valid).
+
+With the recommended estimator's standard error ``SE`` at ``N = n_t + n_c`` units:
+
+* fixed horizon (two-sided level-α z-test, power 1 − β): ``mde = (z_{1−α/2} + z_{1−β})·SE``
+  (e.g. Kohavi, Tang & Xu 2020, ch. 17; van Belle 2008 §2.3);
+* anytime-valid: the asymptotic confidence sequence (Waudby-Smith et al. 2023, see
+  :mod:`estimators.sequential`) has half-width ``h(N) = SE·c(N)``; it excludes 0 at N with
+  probability ≈ Φ((δ − h)/SE) for a true effect δ, so ``mde_sequential = h(N) + z_{1−β}·SE``.
+
+Projection to a target effect δ (relative target × |control mean|): SE shrinks as 1/√N with
+the allocation fixed, ``SE(N) = SE_now·√(N_now/N)``. The fixed-horizon plan is
+``N = N_now·((z_{1−α/2} + z_{1−β})·SE_now/δ)²``; the anytime-valid plan is the smallest N with
+``SE(N)·(c(N) + z_{1−β}) ≤ δ`` (solved by bisection on log N; the left side decreases in N).
+
+>>> round(mde(0.01, 0.05), 6)
+0.028016
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from statistics import NormalDist
+from typing import Any
+
+from estimators import sequential
+
+POWER = 0.8
+_STANDARD = NormalDist()
+_MAX_UNITS = 1e15
+
+
+def z(p: float) -> float:
+    """Standard normal quantile."""
+    return _STANDARD.inv_cdf(p)
+
+
+def mde(se: float, alpha: float, power: float = POWER) -> float:
+    """Fixed-horizon minimum detectable (absolute) effect: (z_{1−α/2} + z_{power})·SE."""
+    return (z(1.0 - alpha / 2.0) + z(power)) * se
+
+
+def cs_factor(n: float, alpha: float, tuning: float) -> float:
+    """Half-width of the confidence sequence at ``n`` units in units of SE."""
+    return sequential.half_width(1.0, n, alpha, tuning)  # type: ignore[arg-type]
+
+
+def mde_sequential(se: float, n: float, alpha: float, tuning: float,
+                   power: float = POWER) -> float:
+    """Smallest effect the confidence sequence excludes from 0 with ``power`` at ``n``."""
+    return (cs_factor(n, alpha, tuning) + z(power)) * se
+
+
+def units_fixed(se_now: float, n_now: float, effect: float, alpha: float,
+                power: float = POWER) -> float:
+    """Units (N = n_t + n_c) at which the fixed-horizon test has ``power`` for ``effect``."""
+    return n_now * (mde(se_now, alpha, power) / abs(effect)) ** 2
+
+
+def units_sequential(se_now: float, n_now: float, effect: float, alpha: float,
+                     tuning: float, power: float = POWER) -> float:
+    """Smallest N at which the confidence sequence excludes 0 for ``effect`` with ``power``.
+
+    ``SE(N) = se_now·√(n_now/N)``; bisection on log N between 2 and 10¹⁵ units (inf beyond).
+    """
+    target = abs(effect)
+
+    def gap(n: float) -> float:
+        return se_now * math.sqrt(n_now / n) * (cs_factor(n, alpha, tuning) + z(power)) - target
+
+    lo, hi = 2.0, _MAX_UNITS
+    if gap(hi) > 0:
+        return math.inf
+    if gap(lo) <= 0:
+        return lo
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if gap(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1.0 + 1e-12:
+            break
+    return hi
+
+
+@dataclass(frozen=True)
+class Power:
+    """Power of one comparison (absolute effects on the metric's scale; seconds wall-clock)."""
+
+    estimator: str
+    power: float = POWER
+    mde: float | None = None
+    mde_sequential: float | None = None
+    rel_mde: float | None = None
+    rel_mde_sequential: float | None = None
+    target_rel_mde: float | None = None
+    target_effect: float | None = None
+    units: int | None = None  # n_t + n_c now
+    projected_units: int | None = None  # n_t + n_c needed (anytime-valid, 80 %)
+    projected_units_fixed: int | None = None  # the same for the fixed-horizon test
+    remaining_units: int | None = None
+    units_per_second: float | None = None
+    projected_seconds: float | None = None  # from now until projected_units
+    progress: float | None = None  # units / projected_units, capped at 1
+    reached: bool | None = None
+    note: str | None = None
+
+
+def comparison_power(estimator: str, se: float | None, control_mean: float | None,
+                     n: int, alpha: float, tuning: float, target_rel: float | None = None,
+                     units_per_second: float | None = None, power: float = POWER) -> Power:
+    """Power record of a comparison from its recommended estimate."""
+    if se is None or not se > 0 or n < 2:
+        return Power(estimator, power, units=n, target_rel_mde=target_rel,
+                     note="no standard error yet: power not estimable")
+    m = mde(se, alpha, power)
+    ms = mde_sequential(se, n, alpha, tuning, power)
+    if control_mean is None or control_mean == 0.0:
+        out = Power(estimator, power, m, ms, None, None, target_rel, units=n)
+        if target_rel is None:
+            return _replace(out, note="control mean is 0: relative MDE undefined")
+        return _replace(out, note="control mean is 0: a relative target has no absolute size")
+    scale = abs(control_mean)
+    out = Power(estimator, power, m, ms, m / scale, ms / scale, target_rel, units=n)
+    if target_rel is None:
+        return out
+    effect = target_rel * scale
+    need = units_sequential(se, n, effect, alpha, tuning, power)
+    need_fixed = units_fixed(se, n, effect, alpha, power)
+    if not math.isfinite(need):
+        return _replace(out, target_effect=effect,
+                        note="target not reachable within 1e15 units")
+    need_i, fixed_i = math.ceil(need), math.ceil(need_fixed)
+    remaining = max(0, need_i - n)
+    notes = []
+    secs = None
+    if remaining == 0:
+        secs = 0.0
+    elif units_per_second is not None and units_per_second > 0:
+        secs = remaining / units_per_second
+    else:
+        notes.append("exposure rate unknown (no start time or no units yet): "
+                     "projected_seconds not estimable")
+    return _replace(out, target_effect=effect, projected_units=need_i,
+                    projected_units_fixed=fixed_i, remaining_units=remaining,
+                    units_per_second=units_per_second, projected_seconds=secs,
+                    progress=min(1.0, n / need_i), reached=remaining == 0,
+                    note="; ".join(notes) or None)
+
+
+def _replace(p: Power, **kw: Any) -> Power:
+    return replace(p, **kw)
+
+
+def annotate(doc: dict[str, Any], alpha: float, tuning: float,
+             targets: Mapping[str, float] | None = None, elapsed_seconds: float | None = None
+             ) -> dict[str, Any]:
+    """Add ``power`` to every comparison of one slice document (in place; returned).
+
+    Reads the recommended (``primary``) estimate of each comparison and the arm sizes from
+    ``variations``; ``targets`` maps metric name → relative target MDE; ``elapsed_seconds``
+    (time since the experiment started) gives the exposure rate of each comparison.
+    """
+    from estimators.records import as_dict
+
+    counts = {v["name"]: int(v["n"]) for v in doc.get("variations", [])}
+    for m in doc.get("metrics", []):
+        target = (targets or {}).get(m["metric"])
+        for c in m["comparisons"]:
+            name = c.get("primary") or "diff"
+            e = c["estimators"].get(name) or {}
+            n = counts.get(c["treatment"], 0) + counts.get(c["control"], 0)
+            rate = (n / elapsed_seconds if elapsed_seconds is not None and elapsed_seconds > 0
+                    and n > 0 else None)
+            c["power"] = as_dict(comparison_power(name, e.get("se"), e.get("control_mean"), n,
+                                                  alpha, tuning, target, rate))
+    return doc
