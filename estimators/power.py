@@ -178,3 +178,52 @@ def annotate(doc: dict[str, Any], alpha: float, tuning: float,
             c["power"] = as_dict(comparison_power(name, e.get("se"), e.get("control_mean"), n,
                                                   alpha, tuning, target, rate))
     return doc
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Units needed for a target relative MDE, equal allocation over ``arms`` variations.
+
+    ``units`` count every arm (``units_per_arm × arms``); a comparison has ``2·units_per_arm``.
+    """
+
+    adjustment: str  # "none" | "covariates"
+    sigma: float  # per-unit sd of the outcome (after adjustment)
+    variance_reduction: float
+    fixed_units_per_arm: int | None
+    fixed_units: int | None
+    sequential_units_per_arm: int | None
+    sequential_units: int | None
+    fixed_days: float | None = None
+    sequential_days: float | None = None
+    note: str | None = None
+
+
+def plan(sigma: float, control_mean: float, target_rel: float, arms: int, alpha: float,
+         tuning: float, daily_units: float | None = None, adjustment: str = "none",
+         variance_reduction: float = 0.0, power: float = POWER) -> Plan:
+    """Units for 80 % power at ``target_rel × |control_mean|`` (two-sample, equal arms).
+
+    SE at N comparison units (N/2 per arm) is ``2σ/√N``; see the module docstring.
+    """
+    effect = target_rel * abs(control_mean)
+    if not sigma > 0 or effect == 0:
+        note = ("outcome has zero variance" if not sigma > 0 else
+                "control mean is 0: a relative MDE has no absolute size")
+        return Plan(adjustment, sigma, variance_reduction, None, None, None, None, note=note)
+    n_fixed = units_fixed(2.0 * sigma, 1.0, effect, alpha, power)
+    n_seq = units_sequential(2.0 * sigma, 1.0, effect, alpha, tuning, power)
+    if not math.isfinite(n_seq):
+        return Plan(adjustment, sigma, variance_reduction, None, None, None, None,
+                    note="target not reachable within 1e15 units")
+    per_f, per_s = math.ceil(n_fixed / 2.0), math.ceil(n_seq / 2.0)
+
+    def days(units: int) -> float | None:
+        return units / daily_units if daily_units else None
+
+    return Plan(adjustment, sigma, variance_reduction, per_f, per_f * arms, per_s,
+                per_s * arms, days(per_f * arms), days(per_s * arms),
+                None if daily_units else "give --daily-units for days")

@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_learner_parser(sub)
     add_models_parser(sub)
+
+    from workers.plan import add_plan_parser
+
+    add_plan_parser(sub)
     return parser
 
 
