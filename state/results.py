@@ -34,13 +34,14 @@ def experiment_matrices(client: Client, d: ExperimentDef) -> dict[str, MomentMat
 
 
 def experiment_document(client: Client, d: ExperimentDef,
-                        correction: Correction | None = None) -> dict[str, Any]:
+                        correction: Correction | None = None, now: float | None = None
+                        ) -> dict[str, Any]:
     """The result document (same shape as ``liftstream analyze``) plus live counters."""
     lay = ExperimentLayout.of(d)
     arms = experiment_matrices(client, d)
     settings = lay.analysis_settings()
     control = d.variations[0]
-    now = time.time()
+    now = time.time() if now is None else now
     learned_docs, per_metric = _learned(client, d, settings, lay.metric_specs(), now)
     metrics = [analyze_metric(spec, arms, control, per_metric.get(spec.name, settings))
                for spec in lay.metric_specs()]

@@ -17,6 +17,12 @@ checks four conditions. An alert is emitted only when a condition *becomes* true
                    Fires once per guardrail × treatment.
 ``srm``            sample-ratio mismatch: ``srm.sequential_p_value < 0.001`` or ``srm.flagged``.
                    Fires once per experiment.
+``decision``       the verdict (``decision.recommendation``: ship, roll_back, keep_running,
+                   no_effect; :mod:`estimators.decision`) changed from the last one stored
+                   (the first verdict fires unless it is ``keep_running``). Only for
+                   experiments that declare a plan (an ``mde`` on the primary metric or
+                   ``min_runtime_seconds``): without one, the verdict follows the
+                   significance and guardrail alerts above, which already fire.
 ``stale``          nothing changed (arm sizes, metric means, ingest counters) for
                    ``LIFTSTREAM_STALE_AFTER_SECONDS`` of wall-clock time while the experiment is
                    running and inside its window. Fires again after data resumed and stalled
@@ -66,7 +72,7 @@ SRM_THRESHOLD = 0.001
 class Alert:
     """One fired alert: a human-readable ``text`` and structured ``fields``."""
 
-    kind: str  # significance | guardrail_harm | srm | stale
+    kind: str  # significance | guardrail_harm | srm | decision | stale
     experiment: str
     condition: str
     text: str
@@ -189,6 +195,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
             f"Results are not trustworthy until the assignment is fixed.", now,
             {"counts": counts, "expected_weights": weights, "p_value": srm.get("p_value"),
              "sequential_p_value": seq_p, "threshold": SRM_THRESHOLD}))
+    alerts += _decision_alert(d, doc, states, now, changed)
     sig = activity_signature(doc)
     st = states.get("stale")
     if st is None or st.get("signature") != sig:
@@ -205,6 +212,33 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
                 {"idle_seconds": idle, "stale_after_seconds": stale_after,
                  "last_event_ts": last}))
     return alerts, changed
+
+
+def has_plan(d: ExperimentDef) -> bool:
+    """Whether the definition declares what makes a verdict ready (target MDE or runtime)."""
+    target = any(m.mde is not None for m in d.metrics if m.name == d.primary)
+    return target or d.min_runtime_seconds is not None
+
+
+def _decision_alert(d: ExperimentDef, doc: Mapping[str, Any],
+                    states: Mapping[str, Mapping[str, Any]], now: float,
+                    changed: dict[str, dict[str, Any]]) -> list[Alert]:
+    dec = doc.get("decision")
+    if not dec or not has_plan(d):
+        return []
+    rec = dec["recommendation"]
+    before = states.get("decision", {}).get("recommendation")
+    if rec == before:
+        return []
+    changed["decision"] = {"recommendation": rec, "at": now}
+    if before is None and rec == "keep_running":
+        return []
+    reasons = list(dec.get("reasons") or [])
+    return [Alert("decision", d.id, "decision",
+                  f"[{d.id}] decision: {rec}" + (f" (was {before})" if before else "") +
+                  (f": {'; '.join(reasons)}" if reasons else ""), now,
+                  {"recommendation": rec, "previous": before, "reasons": reasons,
+                   "treatment": dec.get("treatment")})]
 
 
 # --------------------------------------------------------------------------- sinks
@@ -336,7 +370,7 @@ class Alerter:
         return alerts
 
     def _evaluate(self, d: ExperimentDef, now: float) -> list[Alert]:
-        doc = experiment_document(self.client, d)
+        doc = experiment_document(self.client, d, now=now)
         history.append(self.client, d.id, history.snapshot(doc, now), self.history_limit)
         states = self.states.load(d.id)
         alerts, changed = evaluate_experiment(d, doc, states, now,
