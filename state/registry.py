@@ -587,11 +587,19 @@ def _text(x: Any) -> str:
 LAYOUT_FIELDS = ("variations", "metrics", "in_experiment", "covariates", "model")
 
 
+def _layout_of(d: ExperimentDef, name: str) -> Any:
+    """A layout field; for metrics only what lays out storage (``mde`` and
+    ``higher_is_better`` steer the analysis and may change)."""
+    if name == "metrics":
+        return tuple((m.name, m.event, m.aggregate, m.cap) for m in d.metrics)
+    return getattr(d, name)
+
+
 def _check_same_layout(old: ExperimentDef, new: ExperimentDef) -> None:
     """Stored unit states and moment matrices are laid out by these fields: a replacement
     may change analysis settings, window and status, never them."""
     for name in LAYOUT_FIELDS:
-        if getattr(old, name) != getattr(new, name):
+        if _layout_of(old, name) != _layout_of(new, name):
             raise DefinitionError(
                 f"{name}: cannot change on existing experiment {old.id!r} (its stored "
                 f"statistics are laid out by it); create a new experiment id instead")

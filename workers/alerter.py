@@ -10,11 +10,10 @@ checks four conditions. An alert is emitted only when a condition *becomes* true
                    recommended estimator (its ``primary`` field) has ``seq_p_value < alpha``.
                    The direction (positive or negative) is latched: flapping around the
                    threshold does not re-fire; a reversal of direction does.
-``guardrail_harm`` a guardrail metric is *harmed*: anytime-valid significant with a negative
-                   effect. Guardrails are taken as "higher is better" (retention, conversion,
-                   revenue); a lower-is-better quantity must be defined so that a decrease is
-                   bad, because the definition format has no per-guardrail direction yet.
-                   Fires once per guardrail × treatment.
+``guardrail_harm`` a guardrail metric is *harmed*: anytime-valid significant in its bad
+                   direction: a decrease, or an increase for a metric with
+                   ``higher_is_better: false`` (latency, errors). Fires once per guardrail ×
+                   treatment.
 ``srm``            sample-ratio mismatch: ``srm.sequential_p_value < 0.001`` or ``srm.flagged``.
                    Fires once per experiment.
 ``decision``       the verdict (``decision.recommendation``: ship, roll_back, keep_running,
@@ -153,6 +152,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
     sl = doc["slices"][0]
     alpha = d.alpha
     guardrails = set(d.guardrails)
+    lower_better = {m.name for m in d.metrics if not m.higher_is_better}
     for m in sl["metrics"]:
         name = m["metric"]
         if name != d.primary and name not in guardrails:
@@ -173,13 +173,15 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
                                          f), now, {**f, "direction": direction}))
             if name in guardrails:
                 cond = f"guardrail:{name}:{c['treatment']}"
-                if direction == "negative" and not states.get(cond, {}).get("fired"):
+                bad = "positive" if name in lower_better else "negative"
+                if direction == bad and not states.get(cond, {}).get("fired"):
                     changed[cond] = {"fired": True, "at": now}
+                    word = "increase" if bad == "positive" else "decrease"
                     alerts.append(Alert(
                         "guardrail_harm", d.id, cond,
                         _comparison_text(d, f"guardrail {name} is harmed (significant "
-                                            f"decrease)", f), now,
-                        {**f, "direction": "negative"}))
+                                            f"{word})", f), now,
+                        {**f, "direction": bad}))
     srm = sl.get("srm") or {}
     seq_p = srm.get("sequential_p_value")
     srm_now = bool(srm.get("flagged")) or (seq_p is not None and seq_p < SRM_THRESHOLD)
