@@ -142,8 +142,8 @@ def comparison_power(estimator: str, se: float | None, control_mean: float | Non
     elif units_per_second is not None and units_per_second > 0:
         secs = remaining / units_per_second
     else:
-        notes.append("exposure rate unknown (no start time or no units yet): "
-                     "projected_seconds not estimable")
+        notes.append("exposure rate unknown (no start time and no earlier snapshot, or no "
+                     "units yet): projected_seconds not estimable")
     return _replace(out, target_effect=effect, projected_units=need_i,
                     projected_units_fixed=fixed_i, remaining_units=remaining,
                     units_per_second=units_per_second, projected_seconds=secs,
@@ -156,13 +156,14 @@ def _replace(p: Power, **kw: Any) -> Power:
 
 
 def annotate(doc: dict[str, Any], alpha: float, tuning: float,
-             targets: Mapping[str, float] | None = None, elapsed_seconds: float | None = None
-             ) -> dict[str, Any]:
+             targets: Mapping[str, float] | None = None, elapsed_seconds: float | None = None,
+             since: tuple[float, Mapping[str, int]] | None = None) -> dict[str, Any]:
     """Add ``power`` to every comparison of one slice document (in place; returned).
 
     Reads the recommended (``primary``) estimate of each comparison and the arm sizes from
     ``variations``; ``targets`` maps metric name → relative target MDE; ``elapsed_seconds``
-    (time since the experiment started) gives the exposure rate of each comparison.
+    (time since the experiment started) gives the exposure rate of each comparison. Without
+    it, ``since = (seconds ago, arm sizes then)`` (an earlier snapshot) gives the rate.
     """
     from estimators.records import as_dict
 
@@ -173,8 +174,7 @@ def annotate(doc: dict[str, Any], alpha: float, tuning: float,
             name = c.get("primary") or "diff"
             e = c["estimators"].get(name) or {}
             n = counts.get(c["treatment"], 0) + counts.get(c["control"], 0)
-            rate = (n / elapsed_seconds if elapsed_seconds is not None and elapsed_seconds > 0
-                    and n > 0 else None)
+            rate = _rate(n, c, elapsed_seconds, since)
             c["power"] = as_dict(comparison_power(name, e.get("se"), e.get("control_mean"), n,
                                                   alpha, tuning, target, rate))
     return doc
@@ -227,3 +227,15 @@ def plan(sigma: float, control_mean: float, target_rel: float, arms: int, alpha:
     return Plan(adjustment, sigma, variance_reduction, per_f, per_f * arms, per_s,
                 per_s * arms, days(per_f * arms), days(per_s * arms),
                 None if daily_units else "give --daily-units for days")
+
+
+def _rate(n: int, c: Mapping[str, Any], elapsed: float | None,
+          since: tuple[float, Mapping[str, int]] | None) -> float | None:
+    """Units per second of one comparison (None when not estimable)."""
+    if elapsed is not None:
+        return n / elapsed if elapsed > 0 and n > 0 else None
+    if since is None:
+        return None
+    dt, then = since
+    n0 = int(then.get(c["treatment"], 0)) + int(then.get(c["control"], 0))
+    return (n - n0) / dt if dt > 0 and n > n0 else None

@@ -6,13 +6,15 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import msgspec
+
 from estimators import learned, power
 from estimators.analysis import AnalysisSettings, analyze_metric
 from estimators.decision import decide_document
 from estimators.empirical_bayes import finished_record
 from estimators.moments import MomentMatrix
 from estimators.report import Correction, slice_document
-from state import finished
+from state import finished, keys
 from state.layout import ExperimentLayout
 from state.registry import ExperimentDef, Registry
 from state.store import (
@@ -50,7 +52,8 @@ def experiment_document(client: Client, d: ExperimentDef,
                          correction if correction is not None else d.correction)
     elapsed = elapsed_seconds(d, now)
     power.annotate(doc, d.alpha, d.sequential_tuning,
-                   {m.name: m.mde for m in d.metrics if m.mde is not None}, elapsed)
+                   {m.name: m.mde for m in d.metrics if m.mde is not None}, elapsed,
+                   None if elapsed is not None else _since(client, d.id, now))
     parts = range(partition_count(client))
     counters = read_counters(client, parts)
     prefix = f"{d.id}:"
@@ -70,6 +73,19 @@ def elapsed_seconds(d: ExperimentDef, now: float) -> float | None:
         return None
     upto = now if d.end is None else min(now, d.end)
     return max(0.0, upto - d.start)
+
+
+def _since(client: Client, experiment: str, now: float) -> tuple[float, dict[str, int]] | None:
+    """(seconds since, arm sizes at) the oldest kept history snapshot: the exposure rate of
+    an experiment without ``start`` (state.history; written by the alerter)."""
+    raw: Any = client.lindex(keys.history(experiment), 0)
+    if raw is None:
+        return None
+    try:
+        snap = msgspec.json.decode(raw)
+        return now - float(snap["ts"]), {str(k): int(v) for k, v in snap["n"].items()}
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def record_finished(client: Client, d: ExperimentDef, now: float | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from state import finished, keys
+from state import finished, history, keys
 from state.registry import REGISTRY_KEY, Registry, parse_definition
 from state.results import experiment_document
 from state.store import connect
@@ -51,6 +51,24 @@ def test_live_power_projection_and_verdict(redis_url: str) -> None:
     assert dec["recommendation"] == "keep_running" and dec["treatment"] == "treatment"
     assert any("not ready" in r or "contains 0" in r for r in dec["reasons"])
     assert _comp(doc, "converted")["power"]["projected_units"] is None  # no target
+
+
+def test_exposure_rate_without_start_comes_from_the_history(redis_url: str) -> None:
+    client = connect(redis_url)
+    metrics = [{"name": "revenue", "event": "purchase", "aggregate": "sum", "mde": 0.01},
+               {"name": "converted", "event": "signup", "aggregate": "binary"}]
+    pop = Population("nostart", seed=4)
+    _feed(client, pop, 1000, metrics=metrics)
+    d = Registry(client).get("nostart")
+    assert d is not None and d.start is None
+    doc = experiment_document(client, d, now=100.0)
+    p = _comp(doc, "revenue")["power"]
+    assert p["units_per_second"] is None and "exposure rate unknown" in p["note"]
+    history.append(client, d.id, history.snapshot(doc, 100.0))
+    DirectIngest(client).feed(experiment_messages(pop, 1000, 500))
+    p = _comp(experiment_document(client, d, now=150.0), "revenue")["power"]
+    assert p["units_per_second"] == 10.0  # 500 units in 50 s
+    assert p["projected_seconds"] == p["remaining_units"] / 10.0
 
 
 def test_alerter_fires_on_verdict_transitions(redis_url: str) -> None:
