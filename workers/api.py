@@ -640,7 +640,10 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
         except KeyError:
             raise ApiError(404, "not_found", f"no experiment {experiment_id!r}") from None
         forget(experiment_id)
-        record_finished(api.client, d)  # the finished-experiments store (state.finished)
+        try:  # the finished-experiments store; read lazily later if this fails
+            record_finished(api.client, d)
+        except (redis.RedisError, ValueError, ArithmeticError) as exc:
+            log.warning("finished record of %s not written now (later, lazily): %s", d.id, exc)
         return d.to_dict()
 
     # -- results --------------------------------------------------------------------------
