@@ -155,8 +155,8 @@ def combine(per: Mapping[str, Verdict], primary: Mapping[str, MetricOutcome]) ->
             best = max(hits, key=gain)
             return Verdict("ship", (f"ship {best}", *per[best].reasons), best, detail)
         first = hits[0]
-        return Verdict(rec, (f"{first}: {per[first].reasons[0]}" if per[first].reasons
-                             else first,), first, detail)  # type: ignore[arg-type]
+        return Verdict(rec, tuple(f"{first}: {r}" for r in per[first].reasons),  # type: ignore[arg-type]
+                       first, detail)
     return Verdict("keep_running", ("no treatment",), None, detail)
 
 

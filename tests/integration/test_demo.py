@@ -75,7 +75,7 @@ def test_headless_demo_prints_truth_and_results() -> None:
     verdict = decide_document(sl, "revenue", ["sessions"], {}, None, None)
     assert doc["results"]["decision"]["recommendation"] == verdict.recommendation
     assert doc["results"]["decision"]["reasons"] == list(verdict.reasons)
-    assert metrics["revenue"]["comparisons"][0]["power"]["target_rel_mde"] == 0.02
+    assert metrics["revenue"]["comparisons"][0]["power"]["target_rel_mde"] == 0.05
 
 
 def test_sigint_stops_every_child() -> None:
