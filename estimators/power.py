@@ -114,8 +114,9 @@ def comparison_power(estimator: str, se: float | None, control_mean: float | Non
                      units_per_second: float | None = None, power: float = POWER) -> Power:
     """Power record of a comparison from its recommended estimate."""
     if se is None or not se > 0 or n < 2:
-        return Power(estimator, power, units=n, target_rel_mde=target_rel,
-                     note="no standard error yet: power not estimable")
+        why = ("standard error is 0 (no variation): power not meaningful" if se == 0.0
+               else "no standard error yet: power not estimable")
+        return Power(estimator, power, units=n, target_rel_mde=target_rel, note=why)
     m = mde(se, alpha, power)
     ms = mde_sequential(se, n, alpha, tuning, power)
     if control_mean is None or control_mean == 0.0:

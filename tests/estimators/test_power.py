@@ -150,3 +150,25 @@ def test_anytime_valid_plan_reaches_80_percent_when_monitored() -> None:
     print(f"monitored {detected.mean():.4f} final {final.mean():.4f}")
     assert detected.mean() >= 0.80, detected.mean()
     assert 0.77 <= final.mean() <= 0.83, final.mean()  # at the planned n alone: 80 %
+
+
+@pytest.mark.parametrize("case", ["one_unit", "constant", "zero_control"])
+def test_degenerate_documents_get_null_power_with_a_note(case: str) -> None:
+    rng = np.random.default_rng(0)
+    if case == "one_unit":
+        c, t = rng.normal(size=(1, 1)), rng.normal(size=(50, 1))
+    elif case == "constant":
+        c, t = np.ones((50, 1)), np.ones((50, 1))
+    else:
+        c, t = np.zeros((50, 1)), rng.normal(size=(50, 1))
+    arms = {"c": MomentMatrix.from_rows(("y",), c), "t": MomentMatrix.from_rows(("y",), t)}
+    res = analyze_metric(MetricSpec("y", "numeric", outcome="y"), arms, "c")
+    doc = slice_document(None, ["c", "t"], {"c": len(c), "t": len(t)}, None, [res])
+    p = power.annotate(doc, 0.05, 5000.0, {"y": 0.02}, 10.0)["metrics"][0]["comparisons"][0][
+        "power"]
+    assert p["note"]
+    assert p["projected_units"] is None and p["projected_seconds"] is None
+    if case != "zero_control":
+        assert p["mde"] is None
+    else:
+        assert p["mde"] is not None and p["rel_mde"] is None
