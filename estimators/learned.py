@@ -62,8 +62,10 @@ def fisher_preselection(candidates: Sequence[str], finished: Sequence[Mapping[st
     inputs = {c: {"experiments": counts[c], "p_values": len(hist[c]),
                   "fisher_p_value": fisher_combination(hist[c]) if hist[c] else None}
               for c in candidates}
+    used = [{"experiment": r.get("experiment"), "stopped_at": r.get("stopped_at")}
+            for r in finished if any((r.get("balance") or {}).get(c) for c in candidates)]
     doc: dict[str, Any] = {"kind": "fisher", "alpha": alpha, "minimum_experiments": minimum,
-                           "candidates": inputs}
+                           "candidates": inputs, "experiments": used}
     short = [c for c in candidates if counts[c] < minimum]
     if short:
         doc["selected"] = None

@@ -120,6 +120,7 @@ def test_finished_store_feeds_empirical_prior_and_fisher(redis_url: str) -> None
     sel = doc["in_experiment_selection"]
     assert sel["kind"] == "fisher" and sel["selected"] == ["pageviews"]
     assert sel["candidates"]["pageviews"]["experiments"] == 6
+    assert {x["experiment"] for x in sel["experiments"]} == {f"past{i}" for i in range(6)}
     checks = _comp(doc, "revenue")["covariate_selection"]
     assert [(c["name"], c["selected"]) for c in checks] == [("pageviews", True)]
     assert doc["prior"]["metrics"]["converted"]["k"] == 6
