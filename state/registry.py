@@ -104,6 +104,8 @@ class RatioDef:
     name: str
     numerator: str
     denominator: str
+    mde: float | None = None  # target relative MDE
+    higher_is_better: bool = True
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,16 @@ class ExperimentDef:
         """The primary metric's name: ``primary_metric``, else the first metric."""
         return self.primary_metric or self.metrics[0].name
 
+    def targets(self) -> dict[str, float]:
+        """Metric or ratio name → its target relative MDE (those that declare one)."""
+        out = {m.name: m.mde for m in self.metrics if m.mde is not None}
+        return out | {r.name: r.mde for r in self.ratios if r.mde is not None}
+
+    def higher_is_better(self) -> dict[str, bool]:
+        """Metric or ratio name → its desired direction."""
+        out = {m.name: m.higher_is_better for m in self.metrics}
+        return out | {r.name: r.higher_is_better for r in self.ratios}
+
     def metric_names(self) -> tuple[str, ...]:
         """Names of all metrics, then all ratio metrics."""
         return tuple(m.name for m in self.metrics) + tuple(r.name for r in self.ratios)
@@ -199,7 +211,8 @@ class ExperimentDef:
             "metrics": [{"name": m.name, "event": m.event, "aggregate": m.aggregate,
                          "cap": m.cap, "mde": m.mde, "higher_is_better": m.higher_is_better}
                         for m in self.metrics],
-            "ratios": [{"name": r.name, "numerator": r.numerator, "denominator": r.denominator}
+            "ratios": [{"name": r.name, "numerator": r.numerator, "denominator": r.denominator,
+                        "mde": r.mde, "higher_is_better": r.higher_is_better}
                        for r in self.ratios],
             "covariates": builtins.list(self.covariates),
             "pre_period": builtins.list(self.pre_period),
@@ -379,11 +392,15 @@ def _kind(allowed: Sequence[str]) -> Callable[[str, Any], str]:
 
 
 def _ratio(path: str, x: Any) -> RatioDef:
-    d = _mapping(path, x, ("name", "numerator", "denominator"),
+    d = _mapping(path, x, ("name", "numerator", "denominator", "mde", "higher_is_better"),
                  ("name", "numerator", "denominator"))
+    mde, hib = d.get("mde"), d.get("higher_is_better")
     return RatioDef(name=_ident(f"{path}.name", d["name"]),
                     numerator=_str(f"{path}.numerator", d["numerator"]),
-                    denominator=_str(f"{path}.denominator", d["denominator"]))
+                    denominator=_str(f"{path}.denominator", d["denominator"]),
+                    mde=None if mde is None else _positive(f"{path}.mde", mde),
+                    higher_is_better=True if hib is None else _bool(f"{path}.higher_is_better",
+                                                                     hib))
 
 
 def _candidate(path: str, x: Any) -> CandidateDef:
@@ -496,6 +513,8 @@ def _validate(d: ExperimentDef) -> None:
                             f"{', '.join(metric_aggs)}")
         if r.numerator == r.denominator:
             raise _fail(p, "numerator and denominator must differ")
+        if r.mde is not None:
+            _positive(f"{p}.mde", r.mde)
         claim(f"{p}.name", r.name)
     for i, c in enumerate(d.in_experiment):
         p = f"in_experiment[{i}]"

@@ -51,8 +51,7 @@ def experiment_document(client: Client, d: ExperimentDef,
     doc = slice_document(None, list(d.variations), counts, list(d.weights), metrics,
                          correction if correction is not None else d.correction)
     elapsed = elapsed_seconds(d, now)
-    power.annotate(doc, d.alpha, d.sequential_tuning,
-                   {m.name: m.mde for m in d.metrics if m.mde is not None}, elapsed,
+    power.annotate(doc, d.alpha, d.sequential_tuning, d.targets(), elapsed,
                    None if elapsed is not None else _since(client, d.id, now))
     parts = range(partition_count(client))
     counters = read_counters(client, parts)
@@ -61,8 +60,8 @@ def experiment_document(client: Client, d: ExperimentDef,
                        if k.startswith(prefix)}
     doc["freshness"] = {"last_event_ts": counters.get("last_event_ts")}
     warnings = experiment_warnings(d.id, counters, read_partition_warnings(client, parts))
-    hib = {m.name: m.higher_is_better for m in d.metrics}
-    verdict = decide_document(doc, d.primary, d.guardrails, hib, elapsed, d.min_runtime_seconds)
+    verdict = decide_document(doc, d.primary, d.guardrails, d.higher_is_better(), elapsed,
+                              d.min_runtime_seconds)
     return {"experiment": d.id, "warnings": warnings, "decision": verdict.as_dict(),
             **learned_docs, "slices": [doc]}
 

@@ -152,7 +152,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
     sl = doc["slices"][0]
     alpha = d.alpha
     guardrails = set(d.guardrails)
-    lower_better = {m.name for m in d.metrics if not m.higher_is_better}
+    lower_better = {k for k, v in d.higher_is_better().items() if not v}
     for m in sl["metrics"]:
         name = m["metric"]
         if name != d.primary and name not in guardrails:
@@ -218,8 +218,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
 
 def has_plan(d: ExperimentDef) -> bool:
     """Whether the definition declares what makes a verdict ready (target MDE or runtime)."""
-    target = any(m.mde is not None for m in d.metrics if m.name == d.primary)
-    return target or d.min_runtime_seconds is not None
+    return d.primary in d.targets() or d.min_runtime_seconds is not None
 
 
 def _decision_alert(d: ExperimentDef, doc: Mapping[str, Any],
