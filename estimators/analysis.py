@@ -62,6 +62,9 @@ class AnalysisSettings:
     selection_alpha: float = 0.05
     selection_holm: bool = False
     prior_sigma: float = 0.3
+    # in-experiment candidates chosen beforehand (Fisher pre-selection, estimators.selection
+    # .preselect); None: the per-experiment balance test selects
+    preselected: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -172,6 +175,9 @@ def _compare(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, treatment: st
     if cands:
         zt, zc = summarize(mt, cands[0], cands[1:]), summarize(mc, cands[0], cands[1:])
         checks = tuple(select_covariates(cands, zt, zc, s.selection_alpha, s.selection_holm))
+        if s.preselected is not None:
+            checks = tuple(replace(ch, selected=ch.name in s.preselected and ch.note is None)
+                           for ch in checks)
         selected = [c.name for c in checks if c.selected]
         out["lin_crespo"] = _run("lin_crespo",
                                  lambda: _lin_crespo(spec, mt, mc, pre, pred, selected), inf)

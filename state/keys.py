@@ -106,3 +106,15 @@ def history(experiment: str) -> str:
 def alerter_lease() -> str:
     """The lease an alerter holds while it evaluates (only one alerter fires alerts)."""
     return f"{PREFIX}:alerter:lease"
+
+
+# --- finished experiments (plain key, single-key commands) ------------------------------
+#
+# | key | type | holds |
+# |---|---|---|
+# | ``ls:finished`` | hash | ``experiment → JSON record`` of a stopped experiment's estimates |
+
+
+def finished() -> str:
+    """Hash of stopped experiments' summaries (empirical-Bayes prior, Fisher pre-selection)."""
+    return f"{PREFIX}:finished"

@@ -76,6 +76,8 @@ CandidateAggregate = Literal["count", "sum"]
 Model = Literal["linear", "logistic", "tree", "forest"]
 Status = Literal["running", "stopped"]
 Correction = Literal["holm", "bh"]
+PriorKind = Literal["fixed", "empirical"]
+SelectionKind = Literal["balance", "fisher"]
 
 AGGREGATES: Final[tuple[str, ...]] = get_args(Aggregate)
 CANDIDATE_AGGREGATES: Final[tuple[str, ...]] = get_args(CandidateAggregate)
@@ -101,6 +103,8 @@ class MetricDef:
     event: str
     aggregate: Aggregate
     cap: float | None = None
+    mde: float | None = None  # target relative MDE (power and time to decision)
+    higher_is_better: bool = True  # desired direction (verdict, guardrail harm)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ class RatioDef:
     name: str
     numerator: str
     denominator: str
+    mde: float | None = None  # target relative MDE
+    higher_is_better: bool = True
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,9 @@ class ExperimentDef:
     selection_alpha: float = 0.05
     selection_holm: bool = False
     correction: Correction | None = None
+    prior: PriorKind = "fixed"  # ``prior: {kind: empirical}``: σ from finished experiments
+    in_experiment_selection: SelectionKind = "balance"  # ``{kind: fisher}``: pre-selection
+    min_runtime_seconds: float | None = None  # verdict: minimum runtime before deciding
 
     def __post_init__(self) -> None:
         for name in ("variations", "weights", "metrics", "ratios", "covariates", "pre_period",
@@ -177,6 +186,16 @@ class ExperimentDef:
         """The primary metric's name: ``primary_metric``, else the first metric."""
         return self.primary_metric or self.metrics[0].name
 
+    def targets(self) -> dict[str, float]:
+        """Metric or ratio name → its target relative MDE (those that declare one)."""
+        out = {m.name: m.mde for m in self.metrics if m.mde is not None}
+        return out | {r.name: r.mde for r in self.ratios if r.mde is not None}
+
+    def higher_is_better(self) -> dict[str, bool]:
+        """Metric or ratio name → its desired direction."""
+        out = {m.name: m.higher_is_better for m in self.metrics}
+        return out | {r.name: r.higher_is_better for r in self.ratios}
+
     def metric_names(self) -> tuple[str, ...]:
         """Names of all metrics, then all ratio metrics."""
         return tuple(m.name for m in self.metrics) + tuple(r.name for r in self.ratios)
@@ -200,8 +219,10 @@ class ExperimentDef:
             "variations": builtins.list(self.variations),
             "weights": builtins.list(self.weights),
             "metrics": [{"name": m.name, "event": m.event, "aggregate": m.aggregate,
-                         "cap": m.cap} for m in self.metrics],
-            "ratios": [{"name": r.name, "numerator": r.numerator, "denominator": r.denominator}
+                         "cap": m.cap, "mde": m.mde, "higher_is_better": m.higher_is_better}
+                        for m in self.metrics],
+            "ratios": [{"name": r.name, "numerator": r.numerator, "denominator": r.denominator,
+                        "mde": r.mde, "higher_is_better": r.higher_is_better}
                        for r in self.ratios],
             "covariates": builtins.list(self.covariates),
             "pre_period": builtins.list(self.pre_period),
@@ -221,6 +242,9 @@ class ExperimentDef:
             "selection_alpha": self.selection_alpha,
             "selection_holm": self.selection_holm,
             "correction": self.correction,
+            "prior": {"kind": self.prior},
+            "in_experiment_selection": {"kind": self.in_experiment_selection},
+            "min_runtime_seconds": self.min_runtime_seconds,
         }
 
     def to_json(self) -> bytes:
@@ -364,21 +388,37 @@ def _time(path: str, x: Any) -> float:
 
 
 def _metric(path: str, x: Any) -> MetricDef:
-    d = _mapping(path, x, ("name", "event", "aggregate", "cap"), ("name", "event", "aggregate"))
-    cap = d.get("cap")
+    d = _mapping(path, x, ("name", "event", "aggregate", "cap", "mde", "higher_is_better"),
+                 ("name", "event", "aggregate"))
+    cap, mde, hib = d.get("cap"), d.get("mde"), d.get("higher_is_better")
     return MetricDef(name=_ident(f"{path}.name", d["name"]),
                      event=_str(f"{path}.event", d["event"]),
                      aggregate=cast(Aggregate, _choice(f"{path}.aggregate", d["aggregate"],
                                                        AGGREGATES)),
-                     cap=None if cap is None else _number(f"{path}.cap", cap))
+                     cap=None if cap is None else _number(f"{path}.cap", cap),
+                     mde=None if mde is None else _positive(f"{path}.mde", mde),
+                     higher_is_better=True if hib is None else _bool(f"{path}.higher_is_better",
+                                                                     hib))
+
+
+def _kind(allowed: Sequence[str]) -> Callable[[str, Any], str]:
+    """A ``{kind: ...}`` mapping (e.g. ``prior: {kind: empirical}``) → its kind."""
+    def conv(path: str, x: Any) -> str:
+        d = _mapping(path, x, ("kind",), ("kind",))
+        return _choice(f"{path}.kind", d["kind"], allowed)
+    return conv
 
 
 def _ratio(path: str, x: Any) -> RatioDef:
-    d = _mapping(path, x, ("name", "numerator", "denominator"),
+    d = _mapping(path, x, ("name", "numerator", "denominator", "mde", "higher_is_better"),
                  ("name", "numerator", "denominator"))
+    mde, hib = d.get("mde"), d.get("higher_is_better")
     return RatioDef(name=_ident(f"{path}.name", d["name"]),
                     numerator=_str(f"{path}.numerator", d["numerator"]),
-                    denominator=_str(f"{path}.denominator", d["denominator"]))
+                    denominator=_str(f"{path}.denominator", d["denominator"]),
+                    mde=None if mde is None else _positive(f"{path}.mde", mde),
+                    higher_is_better=True if hib is None else _bool(f"{path}.higher_is_better",
+                                                                     hib))
 
 
 def _candidate(path: str, x: Any) -> CandidateDef:
@@ -430,6 +470,9 @@ def parse_definition(data: Mapping[str, Any],
         "alpha": _probability, "sequential_tuning": _positive, "prior_sigma": _positive,
         "selection_alpha": _probability, "selection_holm": _bool,
         "correction": lambda p, x: _choice(p, x, CORRECTIONS),
+        "prior": _kind(get_args(PriorKind)),
+        "in_experiment_selection": _kind(get_args(SelectionKind)),
+        "min_runtime_seconds": _positive,
     }
     for key, conv in scalars.items():
         v = _optional(data, key, conv)
@@ -493,6 +536,8 @@ def _validate(d: ExperimentDef) -> None:
             if m.aggregate == "binary":
                 raise _fail(f"{p}.cap", "only count and sum metrics can be capped")
             _positive(f"{p}.cap", m.cap)
+        if m.mde is not None:
+            _positive(f"{p}.mde", m.mde)
         claim(f"{p}.name", m.name)
         metric_aggs[m.name] = m.aggregate
     for i, r in enumerate(d.ratios):
@@ -505,6 +550,8 @@ def _validate(d: ExperimentDef) -> None:
                             f"{', '.join(metric_aggs)}")
         if r.numerator == r.denominator:
             raise _fail(p, "numerator and denominator must differ")
+        if r.mde is not None:
+            _positive(f"{p}.mde", r.mde)
         claim(f"{p}.name", r.name)
     for i, c in enumerate(d.in_experiment):
         p = f"in_experiment[{i}]"
@@ -557,6 +604,10 @@ def _validate(d: ExperimentDef) -> None:
     _bool("selection_holm", d.selection_holm)
     if d.correction is not None:
         _choice("correction", d.correction, CORRECTIONS)
+    _choice("prior.kind", d.prior, get_args(PriorKind))
+    _choice("in_experiment_selection.kind", d.in_experiment_selection, get_args(SelectionKind))
+    if d.min_runtime_seconds is not None:
+        _positive("min_runtime_seconds", d.min_runtime_seconds)
 
 
 def load_definition(path: str, limits: DefinitionLimits = DEFAULT_LIMITS) -> ExperimentDef:
@@ -594,11 +645,19 @@ def _text(x: Any) -> str:
 LAYOUT_FIELDS = ("variations", "metrics", "in_experiment", "covariates", "model")
 
 
+def _layout_of(d: ExperimentDef, name: str) -> Any:
+    """A layout field; for metrics only what lays out storage (``mde`` and
+    ``higher_is_better`` steer the analysis and may change)."""
+    if name == "metrics":
+        return tuple((m.name, m.event, m.aggregate, m.cap) for m in d.metrics)
+    return getattr(d, name)
+
+
 def _check_same_layout(old: ExperimentDef, new: ExperimentDef) -> None:
     """Stored unit states and moment matrices are laid out by these fields: a replacement
     may change analysis settings, window and status, never them."""
     for name in LAYOUT_FIELDS:
-        if getattr(old, name) != getattr(new, name):
+        if _layout_of(old, name) != _layout_of(new, name):
             raise DefinitionError(
                 f"{name}: cannot change on existing experiment {old.id!r} (its stored "
                 f"statistics are laid out by it); create a new experiment id instead")

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
-from estimators.analysis import analyze_metric
+import msgspec
+
+from estimators import learned, power
+from estimators.analysis import AnalysisSettings, analyze_metric
+from estimators.decision import decide_document
+from estimators.empirical_bayes import finished_record
 from estimators.moments import MomentMatrix
 from estimators.report import Correction, slice_document
+from state import finished, keys
 from state.layout import ExperimentLayout
-from state.registry import ExperimentDef
+from state.registry import ExperimentDef, Registry
 from state.store import (
     Client,
     partition_count,
@@ -29,16 +36,23 @@ def experiment_matrices(client: Client, d: ExperimentDef) -> dict[str, MomentMat
 
 
 def experiment_document(client: Client, d: ExperimentDef,
-                        correction: Correction | None = None) -> dict[str, Any]:
+                        correction: Correction | None = None, now: float | None = None
+                        ) -> dict[str, Any]:
     """The result document (same shape as ``liftstream analyze``) plus live counters."""
     lay = ExperimentLayout.of(d)
     arms = experiment_matrices(client, d)
     settings = lay.analysis_settings()
     control = d.variations[0]
-    metrics = [analyze_metric(spec, arms, control, settings) for spec in lay.metric_specs()]
+    now = time.time() if now is None else now
+    learned_docs, per_metric = _learned(client, d, settings, lay.metric_specs(), now)
+    metrics = [analyze_metric(spec, arms, control, per_metric.get(spec.name, settings))
+               for spec in lay.metric_specs()]
     counts = {v: arms[v].n for v in d.variations}
     doc = slice_document(None, list(d.variations), counts, list(d.weights), metrics,
                          correction if correction is not None else d.correction)
+    elapsed = elapsed_seconds(d, now)
+    power.annotate(doc, d.alpha, d.sequential_tuning, d.targets(), elapsed,
+                   None if elapsed is not None else _since(client, d.id, now))
     parts = range(partition_count(client))
     counters = read_counters(client, parts)
     prefix = f"{d.id}:"
@@ -46,7 +60,68 @@ def experiment_document(client: Client, d: ExperimentDef,
                        if k.startswith(prefix)}
     doc["freshness"] = {"last_event_ts": counters.get("last_event_ts")}
     warnings = experiment_warnings(d.id, counters, read_partition_warnings(client, parts))
-    return {"experiment": d.id, "warnings": warnings, "slices": [doc]}
+    verdict = decide_document(doc, d.primary, d.guardrails, d.higher_is_better(), elapsed,
+                              d.min_runtime_seconds)
+    return {"experiment": d.id, "warnings": warnings, "decision": verdict.as_dict(),
+            **learned_docs, "slices": [doc]}
+
+
+def elapsed_seconds(d: ExperimentDef, now: float) -> float | None:
+    """Seconds since the experiment's ``start`` (up to its ``end``); None without a start."""
+    if d.start is None:
+        return None
+    upto = now if d.end is None else min(now, d.end)
+    return max(0.0, upto - d.start)
+
+
+def _since(client: Client, experiment: str, now: float) -> tuple[float, dict[str, int]] | None:
+    """(seconds since, arm sizes at) the oldest kept history snapshot: the exposure rate of
+    an experiment without ``start`` (state.history; written by the alerter)."""
+    raw: Any = client.lindex(keys.history(experiment), 0)
+    if raw is None:
+        return None
+    try:
+        snap = msgspec.json.decode(raw)
+        return now - float(snap["ts"]), {str(k): int(v) for k, v in snap["n"].items()}
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def record_finished(client: Client, d: ExperimentDef, now: float | None = None) -> None:
+    """Store the finished-experiment record of ``d`` (see :mod:`state.finished`)."""
+    doc = experiment_document(client, replace(d, prior="fixed",
+                                              in_experiment_selection="balance"))
+    finished.write(client, finished_record(d.id, time.time() if now is None else now, doc))
+
+
+def finished_records(client: Client, exclude: str | None = None) -> list[dict[str, Any]]:
+    """Records of every stopped experiment, writing missing ones first (lazily)."""
+    recs = finished.read_all(client)
+    for other in Registry(client).list():
+        if other.status == "stopped" and other.id not in recs:
+            record_finished(client, other)
+    recs = finished.read_all(client)
+    return [r for k, r in sorted(recs.items()) if k != exclude]
+
+
+def _learned(client: Client, d: ExperimentDef, settings: AnalysisSettings, specs: list[Any],
+             now: float) -> tuple[dict[str, Any], dict[str, AnalysisSettings]]:
+    """Empirical prior and Fisher pre-selection from finished experiments (if asked for)."""
+    if d.prior != "empirical" and d.in_experiment_selection != "fisher":
+        return {}, {}
+    recs = finished_records(client, exclude=d.id)
+    docs: dict[str, Any] = {}
+    if d.in_experiment_selection == "fisher" and d.in_experiment:
+        pre = learned.fisher_preselection([c.name for c in d.in_experiment], recs,
+                                          d.selection_alpha)
+        docs["in_experiment_selection"] = pre.document
+        settings = replace(settings, preselected=pre.selected)
+    per = {s.name: settings for s in specs}
+    if d.prior == "empirical":
+        est = learned.priors([s.name for s in specs], recs, d.prior_sigma, now)
+        docs["prior"] = learned.prior_document(est, recs)
+        per = {s.name: replace(settings, prior_sigma=est[s.name].sigma) for s in specs}
+    return docs, per
 
 
 def experiment_document_with(client: Client, d: ExperimentDef,

@@ -10,13 +10,18 @@ checks four conditions. An alert is emitted only when a condition *becomes* true
                    recommended estimator (its ``primary`` field) has ``seq_p_value < alpha``.
                    The direction (positive or negative) is latched: flapping around the
                    threshold does not re-fire; a reversal of direction does.
-``guardrail_harm`` a guardrail metric is *harmed*: anytime-valid significant with a negative
-                   effect. Guardrails are taken as "higher is better" (retention, conversion,
-                   revenue); a lower-is-better quantity must be defined so that a decrease is
-                   bad, because the definition format has no per-guardrail direction yet.
-                   Fires once per guardrail × treatment.
+``guardrail_harm`` a guardrail metric is *harmed*: anytime-valid significant in its bad
+                   direction: a decrease, or an increase for a metric with
+                   ``higher_is_better: false`` (latency, errors). Fires once per guardrail ×
+                   treatment.
 ``srm``            sample-ratio mismatch: ``srm.sequential_p_value < 0.001`` or ``srm.flagged``.
                    Fires once per experiment.
+``decision``       the verdict (``decision.recommendation``: ship, roll_back, keep_running,
+                   no_effect; :mod:`estimators.decision`) changed from the last one stored
+                   (the first verdict fires unless it is ``keep_running``). Only for
+                   experiments that declare a plan (an ``mde`` on the primary metric or
+                   ``min_runtime_seconds``): without one, the verdict follows the
+                   significance and guardrail alerts above, which already fire.
 ``stale``          nothing changed (arm sizes, metric means, ingest counters) for
                    ``LIFTSTREAM_STALE_AFTER_SECONDS`` of wall-clock time while the experiment is
                    running and inside its window. Fires again after data resumed and stalled
@@ -66,7 +71,7 @@ SRM_THRESHOLD = 0.001
 class Alert:
     """One fired alert: a human-readable ``text`` and structured ``fields``."""
 
-    kind: str  # significance | guardrail_harm | srm | stale
+    kind: str  # significance | guardrail_harm | srm | decision | stale
     experiment: str
     condition: str
     text: str
@@ -147,6 +152,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
     sl = doc["slices"][0]
     alpha = d.alpha
     guardrails = set(d.guardrails)
+    lower_better = {k for k, v in d.higher_is_better().items() if not v}
     for m in sl["metrics"]:
         name = m["metric"]
         if name != d.primary and name not in guardrails:
@@ -167,13 +173,15 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
                                          f), now, {**f, "direction": direction}))
             if name in guardrails:
                 cond = f"guardrail:{name}:{c['treatment']}"
-                if direction == "negative" and not states.get(cond, {}).get("fired"):
+                bad = "positive" if name in lower_better else "negative"
+                if direction == bad and not states.get(cond, {}).get("fired"):
                     changed[cond] = {"fired": True, "at": now}
+                    word = "increase" if bad == "positive" else "decrease"
                     alerts.append(Alert(
                         "guardrail_harm", d.id, cond,
                         _comparison_text(d, f"guardrail {name} is harmed (significant "
-                                            f"decrease)", f), now,
-                        {**f, "direction": "negative"}))
+                                            f"{word})", f), now,
+                        {**f, "direction": bad}))
     srm = sl.get("srm") or {}
     seq_p = srm.get("sequential_p_value")
     srm_now = bool(srm.get("flagged")) or (seq_p is not None and seq_p < SRM_THRESHOLD)
@@ -189,6 +197,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
             f"Results are not trustworthy until the assignment is fixed.", now,
             {"counts": counts, "expected_weights": weights, "p_value": srm.get("p_value"),
              "sequential_p_value": seq_p, "threshold": SRM_THRESHOLD}))
+    alerts += _decision_alert(d, doc, states, now, changed)
     sig = activity_signature(doc)
     st = states.get("stale")
     if st is None or st.get("signature") != sig:
@@ -205,6 +214,32 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
                 {"idle_seconds": idle, "stale_after_seconds": stale_after,
                  "last_event_ts": last}))
     return alerts, changed
+
+
+def has_plan(d: ExperimentDef) -> bool:
+    """Whether the definition declares what makes a verdict ready (target MDE or runtime)."""
+    return d.primary in d.targets() or d.min_runtime_seconds is not None
+
+
+def _decision_alert(d: ExperimentDef, doc: Mapping[str, Any],
+                    states: Mapping[str, Mapping[str, Any]], now: float,
+                    changed: dict[str, dict[str, Any]]) -> list[Alert]:
+    dec = doc.get("decision")
+    if not dec or not has_plan(d):
+        return []
+    rec = dec["recommendation"]
+    before = states.get("decision", {}).get("recommendation")
+    if rec == before:
+        return []
+    changed["decision"] = {"recommendation": rec, "at": now}
+    if before is None and rec == "keep_running":
+        return []
+    reasons = list(dec.get("reasons") or [])
+    return [Alert("decision", d.id, "decision",
+                  f"[{d.id}] decision: {rec}" + (f" (was {before})" if before else "") +
+                  (f": {'; '.join(reasons)}" if reasons else ""), now,
+                  {"recommendation": rec, "previous": before, "reasons": reasons,
+                   "treatment": dec.get("treatment")})]
 
 
 # --------------------------------------------------------------------------- sinks
@@ -336,7 +371,7 @@ class Alerter:
         return alerts
 
     def _evaluate(self, d: ExperimentDef, now: float) -> list[Alert]:
-        doc = experiment_document(self.client, d)
+        doc = experiment_document(self.client, d, now=now)
         history.append(self.client, d.id, history.snapshot(doc, now), self.history_limit)
         states = self.states.load(d.id)
         alerts, changed = evaluate_experiment(d, doc, states, now,

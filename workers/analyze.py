@@ -8,13 +8,15 @@ Rows are units. One moment matrix per (slice, variation) is built in a single ve
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from estimators import power
 from estimators.analysis import AnalysisSettings, MetricKind, MetricSpec, analyze_metric
 from estimators.grouped import grouped_moments, prefix_moments
 from estimators.moments import MomentMatrix
@@ -53,6 +55,8 @@ class AnalyzeRequest:
     points: int = 10
     settings: AnalysisSettings = field(default_factory=AnalysisSettings)
     correction: Correction | None = None
+    past: tuple[dict[str, Any], ...] | None = None  # finished-experiment records: empirical prior
+    prior_sigmas: dict[str, float] | None = None  # per metric (set from ``past``)
 
     def __post_init__(self) -> None:
         if not self.metrics and not self.ratios:
@@ -169,6 +173,7 @@ def analyze_frame(frame: pd.DataFrame, req: AnalyzeRequest) -> dict[str, Any]:
     mats = grouped_moments(names, values, slice_id * nv + var_id, len(slice_keys) * nv, shift)
     order = frame[req.timeline].to_numpy() if req.timeline else None
 
+    prior_doc, req = _empirical(req, specs)
     slices = []
     for s, key in enumerate(slice_keys):
         arms = {v: mats[s * nv + i] for i, v in enumerate(variations)}
@@ -178,7 +183,20 @@ def analyze_frame(frame: pd.DataFrame, req: AnalyzeRequest) -> dict[str, Any]:
             doc["timeline"] = _timeline(rows, order, values, var_id, variations, weights,
                                         specs, req, names, shift)
         slices.append(doc)
-    return {"slices": slices}
+    return {**prior_doc, "slices": slices}
+
+
+def _empirical(req: AnalyzeRequest, specs: list[MetricSpec]
+               ) -> tuple[dict[str, Any], AnalyzeRequest]:
+    """With past results: the per-metric empirical prior σ (estimators.learned)."""
+    if req.past is None:
+        return {}, req
+    from estimators import learned
+
+    recs = list(req.past)
+    est = learned.priors([s.name for s in specs], recs, req.settings.prior_sigma, time.time())
+    sigmas = {m: e.sigma for m, e in est.items()}
+    return {"prior": learned.prior_document(est, recs)}, replace(req, prior_sigmas=sigmas)
 
 
 def _weights(req: AnalyzeRequest, variations: list[str]) -> list[float] | None:
@@ -215,9 +233,13 @@ def _specs(req: AnalyzeRequest, values: np.ndarray) -> list[MetricSpec]:
 def _slice(key: dict[str, str] | None, variations: list[str], arms: dict[str, MomentMatrix],
            weights: list[float] | None, specs: list[MetricSpec],
            req: AnalyzeRequest) -> dict[str, Any]:
-    results = [analyze_metric(spec, arms, req.control, req.settings) for spec in specs]
+    sig = req.prior_sigmas or {}
+    results = [analyze_metric(spec, arms, req.control,
+                              replace(req.settings, prior_sigma=sig[spec.name])
+                              if spec.name in sig else req.settings) for spec in specs]
     counts = {v: arms[v].n for v in variations}
-    return slice_document(key, variations, counts, weights, results, req.correction)
+    doc = slice_document(key, variations, counts, weights, results, req.correction)
+    return power.annotate(doc, req.settings.alpha, req.settings.sequential_tuning)
 
 
 def _timeline(rows: np.ndarray, order: np.ndarray, values: np.ndarray, var_id: np.ndarray,

@@ -71,7 +71,7 @@ from state.registry import (
     Registry,
     parse_definition,
 )
-from state.results import experiment_document_with
+from state.results import experiment_document_with, record_finished
 from state.store import Client, partition_count, read_counters
 from stream.lag import LagMonitor
 from workers.cache import SingleFlightCache
@@ -668,6 +668,10 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
         except KeyError:
             raise ApiError(404, "not_found", f"no experiment {experiment_id!r}") from None
         forget(experiment_id)
+        try:  # the finished-experiments store; read lazily later if this fails
+            record_finished(api.client, d)
+        except (redis.RedisError, ValueError, ArithmeticError) as exc:
+            log.warning("finished record of %s not written now (later, lazily): %s", d.id, exc)
         return d.to_dict()
 
     # -- results --------------------------------------------------------------------------

@@ -34,6 +34,8 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
                 "workers.learner", "add_learner_parser"),
     "models": ("online models: version, quality, effect in results", "workers.models_cli",
                "add_models_parser"),
+    "plan": ("units and days needed for a target MDE (80% power)", "workers.plan",
+             "add_plan_parser"),
 }
 
 
@@ -68,12 +70,25 @@ def _analyze(args: argparse.Namespace) -> int:
             weights=parse_weights(args.weights) if args.weights else None,
             by=tuple(c for part in args.by for c in part.split(",") if c),
             timeline=args.timeline, points=args.points, settings=settings,
-            correction=args.correction)
+            correction=args.correction, past=_past(args))
         doc = analyze_file(args.file, req)
     except (InputError, ValueError) as exc:
         return _fail("analyze", str(exc))
     _emit(doc, args.format, render)
     return 0
+
+
+def _past(args: argparse.Namespace) -> tuple[dict[str, Any], ...] | None:
+    from workers.analyze import InputError
+    from workers.past import load_past
+
+    if args.prior == "empirical":
+        if not args.past:
+            raise InputError("--prior empirical needs --past FILE (past results)")
+        return tuple(load_past(args.past))
+    if args.past:
+        raise InputError("--past is used with --prior empirical")
+    return None
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -153,6 +168,10 @@ def add_analyze_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--by", action="append", default=[], help="slice by COL[,COL]")
     p.add_argument("--timeline", help="order rows by COL and report results over time")
     p.add_argument("--points", type=int, default=10, help="timeline points (10)")
+    p.add_argument("--prior", choices=["fixed", "empirical"], default="fixed",
+                   help="prior σ: --prior-sigma, or estimated per metric from --past results")
+    p.add_argument("--past", help="past results (JSON records or CSV experiment,metric,"
+                                  "rel_effect,rel_se) for --prior empirical")
     _add_analysis_options(p)
     p.set_defaults(handler=_analyze)
 

@@ -122,6 +122,9 @@ def _summary(doc: dict[str, Any], truth: dict[str, dict[str, float]], applied: i
             lines.append(f"{m['metric']:<22}{c['treatment']:<13}"
                          f"{'' if t is None else f'{t:+.4f}':>9}{eff(d):>20}{eff(a):>20}"
                          f"{seq:>24}{'' if vr is None else f'{100 * vr:.0f}%':>7}")
+    dec = doc.get("decision")
+    if dec:
+        lines.append(f"decision: {dec['recommendation']} — {'; '.join(dec['reasons'])}")
     return "\n".join(lines)
 
 

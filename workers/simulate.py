@@ -234,7 +234,7 @@ def simulation_definition(cfg: SimulationConfig) -> dict[str, Any]:
         "weights": [1.0] * cfg.arms,
         "metrics": [
             {"name": "converted", "event": "purchase", "aggregate": "binary"},
-            {"name": "revenue", "event": "purchase", "aggregate": "sum"},
+            {"name": "revenue", "event": "purchase", "aggregate": "sum", "mde": 0.05},
             {"name": "sessions", "event": "session", "aggregate": "count"},
         ],
         "ratios": [{"name": "revenue_per_session", "numerator": "revenue",

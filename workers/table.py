@@ -21,6 +21,9 @@ def _ci(lo: Any, hi: Any) -> str:
 
 def render(doc: dict[str, Any]) -> str:
     lines: list[str] = []
+    dec = doc.get("decision")
+    if dec:
+        lines += [f"decision: {dec['recommendation']}", *(f"  - {r}" for r in dec["reasons"]), ""]
     for sl in doc.get("slices", []):
         lines.extend(render_slice(sl))
         lines.append("")
@@ -67,4 +70,11 @@ def render_slice(sl: dict[str, Any]) -> list[str]:
                              f"{_num(b['control_posterior_mean'])}, chance to beat control "
                              f"{100 * b['chance_to_beat_control']:.1f}%, expected loss "
                              f"{_num(b['expected_loss'])}")
+            pw = c.get("power") or {}
+            if pw.get("mde") is not None:
+                eta = pw.get("projected_units")
+                lines.append(f"  power 80% ({pw['estimator']}): MDE {_num(pw['mde'])}, anytime "
+                             f"MDE {_num(pw['mde_sequential'])}" + (
+                                 f"; target {_num(pw['target_rel_mde'], pct=True)} needs "
+                                 f"{eta} units" if eta is not None else ""))
     return lines

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from estimators.decision import decide_document
 from workers.embedded import free_port
 
 CLI = str(Path(sys.executable).parent / "liftstream")
@@ -70,6 +71,11 @@ def test_headless_demo_prints_truth_and_results() -> None:
     assert kinds == {"binary", "numeric", "ratio"}
     selection = metrics["revenue"]["comparisons"][0]["covariate_selection"]
     assert {c["name"] for c in selection} == {"pageviews", "support_tickets"}
+    # the verdict follows its rule (estimators.decision) on the demo's own results
+    verdict = decide_document(sl, "revenue", ["sessions"], {}, None, None)
+    assert doc["results"]["decision"]["recommendation"] == verdict.recommendation
+    assert doc["results"]["decision"]["reasons"] == list(verdict.reasons)
+    assert metrics["revenue"]["comparisons"][0]["power"]["target_rel_mde"] == 0.05
 
 
 def test_sigint_stops_every_child() -> None:
