@@ -34,7 +34,7 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
                 "workers.learner", "add_learner_parser"),
     "models": ("online models: version, quality, effect in results", "workers.models_cli",
                "add_models_parser"),
-    "plan": ("units and days needed for a target MDE (80% power)", "workers.plan",
+    "plan": ("units and days needed for a target MDE (80%% power)", "workers.plan",
              "add_plan_parser"),
 }
 

@@ -118,7 +118,7 @@ def _plan_command(args: argparse.Namespace) -> int:
 
 def add_plan_parser(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``plan`` to the ``liftstream`` sub-commands."""
-    p = sub.add_parser("plan", help="units and days needed for a target MDE (80% power)",
+    p = sub.add_parser("plan", help="units and days needed for a target MDE (80%% power)",
                        description="From a past experiment's or a pre-period's unit rows: "
                                    "units and days for 80% power at a relative MDE, fixed-"
                                    "horizon and anytime-valid, with and without covariates.")
