@@ -74,6 +74,7 @@ from state.store import Client, partition_count, read_counters
 from stream.lag import LagMonitor
 from workers.api_docs import install_docs
 from workers.api_guard import BodyLimit, ErrorShield, request_id
+from workers.api_openapi import allowed_methods, document_errors
 from workers.cache import Busy, ComputeGate, SingleFlightCache
 from workers.settings import Settings
 
@@ -536,10 +537,16 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = dict(exc.headers or {})
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
+        if exc.status_code == 405:  # every method of the path, not only one route's
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            return _error_response(422, "invalid_request",
+                                   "request body: not a JSON document (UTF-8 text expected)")
         return _error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
-                               detail, exc.headers)
+                               detail, headers)
 
     # Unexpected exceptions: workers.api_guard.ErrorShield (generic 500 with a request id).
 
@@ -772,4 +779,7 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                         "p_value": [s.get("srm_p") for s in snaps],
                         "sequential_p_value": [s.get("srm_seq_p") for s in snaps]}}
 
+    document_errors(app, read=require_read, admin=require_admin,
+                    definition_routes={"create_experiment", "replace_experiment"},
+                    redis_free={"healthz"})
     return app
