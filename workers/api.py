@@ -197,10 +197,11 @@ DefinitionBody = Annotated[dict[str, Any], Body(examples=[DEFINITION_EXAMPLE],
 
 @dataclass
 class CachedResult:
-    """One computed result document and its JSON encodings per response shape."""
+    """One computed result document (kept as JSON: compact, and nothing for the garbage
+    collector to walk) and its encodings per response shape."""
 
     definition: ExperimentDef
-    doc: dict[str, Any]
+    doc: bytes
     computed_at: float
     bodies: dict[tuple[str | None, bool], bytes] = field(default_factory=dict)
 
@@ -437,8 +438,8 @@ def api_client(settings: Settings) -> Client:
 
 
 def _result_size(res: CachedResult | None) -> int:
-    """Bytes charged to a cached result: 3 × its JSON (the parsed document and encodings)."""
-    return 0 if res is None else 3 * len(res.bodies.get((None, True), b""))
+    """Bytes charged to a cached result: 3 × its JSON (the document and its encodings)."""
+    return 0 if res is None else 3 * len(res.doc)
 
 
 def _dashboard_html() -> bytes:
@@ -678,16 +679,18 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
             return None
         corr: Any = correction
         doc = experiment_document_with(api.client, d, corr, alpha)
-        res = CachedResult(d, doc, time.time())
-        encode(res, None, True, alpha, correction)  # here, in the worker thread: its size
+        res = CachedResult(d, msgspec.json.encode(doc), time.time())
+        encode(res, None, True, alpha, correction, doc)  # here, in the worker thread
         return res
 
     def encode(res: CachedResult, estimator: str | None, sequential: bool,
-               alpha: float | None, correction: str | None) -> bytes:
+               alpha: float | None, correction: str | None,
+               computed: dict[str, Any] | None = None) -> bytes:
         key = (estimator, sequential)
         body = res.bodies.get(key)
         if body is None:
-            doc = shape_results(res.doc, estimator, sequential)
+            source = computed if computed is not None else msgspec.json.decode(res.doc)
+            doc = shape_results(source, estimator, sequential)
             last = doc["slices"][0].get("freshness", {}).get("last_event_ts")
             reading = api.lag.latest() if api.lag is not None else None
             doc["status"] = res.definition.status

@@ -40,6 +40,9 @@ def _serve(args: argparse.Namespace) -> int:
               f"  dashboard: http://{shown}:{port}/?token={generated}", file=sys.stderr,
               flush=True)
     app = create_app(settings, auth=auth, lag_interval=None if args.no_lag else args.lag_interval)
+    # A computation thread holding the GIL delays the event loop by up to one switch interval
+    # per hand-over; 1 ms instead of 5 ms keeps /healthz and cached answers prompt.
+    sys.setswitchinterval(0.001)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level, log_config=log_config(),
                 access_log=args.access_log, timeout_graceful_shutdown=5)
     return 0
