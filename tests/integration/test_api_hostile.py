@@ -270,3 +270,40 @@ def test_busy_answers_503_with_retry_after(redis_url: str) -> None:
         assert cached.status_code == 200
         gate.pending = 0
         assert c.get("/v1/experiments/busy/results?alpha=0.01", headers=h).status_code == 200
+
+
+WIDE = tuple(["control"] + [f"t{i}" for i in range(1, 64)])
+
+
+def test_healthz_answers_while_results_compute(redis_url: str) -> None:
+    """A 64-variation × 10-metric result takes about a second to compute; meanwhile the event
+    loop is free: /healthz answers promptly while that computation is still running."""
+    client = connect(redis_url)
+    metrics = [{"name": f"m{i}", "event": ("purchase", "signup", "pageview")[i % 3],
+                "aggregate": ("sum", "binary", "count")[i % 3]} for i in range(10)]
+    Registry(client).create(parse_definition(experiment_definition(
+        "wide", variations=WIDE, metrics=metrics, primary_metric="m0", guardrails=["m1"])))
+    DirectIngest(client).feed(experiment_messages(Population(
+        "wide", variations=WIDE, assign=(1 / 64,) * 64, revenue_lift=(0.0,) * 64,
+        signup_lift=(0.0,) * 64), 0, 4000))
+    with client_for(settings_for(redis_url)) as c:
+        gate = c.app.state.api.results.gate  # type: ignore[attr-defined]
+        answer: list[httpx.Response] = []
+        t = threading.Thread(target=lambda: answer.append(c.get(
+            "/v1/experiments/wide/results?alpha=0.0137", headers=auth(READ))))
+        t.start()
+        deadline = time.monotonic() + 30
+        while gate.pending == 0:
+            assert time.monotonic() < deadline and t.is_alive()
+            time.sleep(0.001)
+        latencies, during = [], 0
+        while gate.pending and len(latencies) < 50:
+            t0 = time.perf_counter()
+            assert c.get("/healthz").status_code == 200
+            latencies.append(time.perf_counter() - t0)
+            during += bool(gate.pending)  # the computation was still running afterwards
+        t.join(60)
+    assert answer and answer[0].status_code == 200
+    assert len(answer[0].json()["slices"][0]["variations"]) == 64
+    assert during >= 3, (during, latencies)
+    assert max(latencies) < 0.25, latencies
