@@ -410,6 +410,24 @@ class _IngestCollector(Collector):
         m.add_metric(["shared"], float(cache.shared))
         m.add_metric(["miss"], float(cache.misses))
         yield m
+        evicted = CounterMetricFamily("liftstream_api_results_cache_evictions",
+                                      "cached results dropped to stay within "
+                                      "LIFTSTREAM_RESULTS_CACHE_ENTRIES / _BYTES")
+        evicted.add_metric([], float(cache.evictions))
+        yield evicted
+        size = GaugeMetricFamily("liftstream_api_results_cache_bytes",
+                                 "bytes charged to the cached results")
+        size.add_metric([], float(cache.bytes))
+        yield size
+        refused = CounterMetricFamily("liftstream_api_computations_refused",
+                                      "requests answered 503 busy: more computations than "
+                                      "LIFTSTREAM_API_COMPUTE_THREADS + _QUEUE")
+        refused.add_metric([], float(cache.gate.refused))
+        yield refused
+        pending = GaugeMetricFamily("liftstream_api_computations_pending",
+                                    "result and history computations running or waiting")
+        pending.add_metric([], float(cache.gate.pending))
+        yield pending
 
 
 # --------------------------------------------------------------------------- the app
@@ -519,9 +537,9 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                     "anytime-valid confidence intervals, posterior means, SRM checks. "
                     "Authenticate with `Authorization: Bearer <token>` (read or admin scope).")
     app.state.api = api
-    app.add_middleware(MetricsMiddleware, metrics=request_metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes,
                        setting="LIFTSTREAM_API_MAX_BODY_BYTES")
+    app.add_middleware(MetricsMiddleware, metrics=request_metrics)  # counts the 413s too
     app.add_middleware(ErrorShield)  # outermost: request ids, generic 500s
     install_docs(app)
 

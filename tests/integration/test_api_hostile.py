@@ -307,3 +307,26 @@ def test_healthz_answers_while_results_compute(redis_url: str) -> None:
     assert len(answer[0].json()["slices"][0]["variations"]) == 64
     assert during >= 3, (during, latencies)
     assert max(latencies) < 0.25, latencies
+
+
+def test_refusals_and_evictions_in_metrics(redis_url: str) -> None:
+    client = connect(redis_url)
+    Registry(client).create(parse_definition(experiment_definition("m")))
+    DirectIngest(client).feed(experiment_messages(Population("m"), 0, 100))
+    s = settings_for(redis_url, results_cache_entries=2, results_cache_seconds=60.0,
+                     api_max_body_bytes=LIMIT)
+    with client_for(s) as c:
+        h = auth(READ)
+        for alpha in (0.01, 0.02, 0.03, 0.04):
+            assert c.get(f"/v1/experiments/m/results?alpha={alpha}", headers=h).status_code \
+                == 200
+        gate = c.app.state.api.results.gate  # type: ignore[attr-defined]
+        gate.pending = gate.threads + gate.queue
+        assert c.get("/v1/experiments/m/results?alpha=0.05", headers=h).status_code == 503
+        gate.pending = 0
+        assert c.post("/v1/experiments", content=b" " * (LIMIT + 1),
+                      headers=auth(ADMIN)).status_code == 413
+        text = c.get("/metrics", headers=h).text
+    assert "liftstream_api_results_cache_evictions_total 2.0" in text
+    assert "liftstream_api_computations_refused_total 1.0" in text
+    assert 'status="413"' in text
