@@ -491,7 +491,8 @@ def _plain_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, 
         got = e.get("input")
         text = f"{label}: {msg}"
         if where in ("query", "path") and got is not None:
-            text += f" (got {got!r})"
+            shown = repr(got)
+            text += f" (got {shown if len(shown) <= 80 else shown[:76] + '…' + shown[-1]})"
         problems.append({"location": where, "field": name or None, "message": msg,
                          "text": text})
         texts.append(text)

@@ -330,3 +330,9 @@ def test_refusals_and_evictions_in_metrics(redis_url: str) -> None:
     assert "liftstream_api_results_cache_evictions_total 2.0" in text
     assert "liftstream_api_computations_refused_total 1.0" in text
     assert 'status="413"' in text
+
+
+def test_echoed_parameter_values_are_bounded(api: TestClient) -> None:
+    r = api.get("/v1/experiments/x/results?alpha=" + "9" * 5000, headers=auth(READ))
+    assert r.status_code == 422
+    assert len(r.json()["detail"]) < 300 and "…" in r.json()["detail"]
