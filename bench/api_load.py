@@ -14,6 +14,13 @@ httpx client costs more CPU per request than the server does, and both share thi
 Each poller sends its next request as soon as the previous answer arrived (closed loop: the
 load is as high as the server allows), so requests/s is the server's capacity and the latency
 includes queueing behind 99 other pollers.
+
+``python -m bench.api_load --healthz-under-load``: the ``healthz_under_load`` figure. A large
+experiment (64 variations × 10 metrics) is stored; 6 clients (a separate process) request its
+results with a random ``alpha`` each time (defeating the cache, so every request needs a
+computation), while a prober (this process, one blocking socket) sends ``GET /healthz``
+every 20 ms and records the latency; reported: the probe's p50/p99/max with and without
+the load, the results requests answered and those refused with 503 ``busy``.
 """
 
 from __future__ import annotations
@@ -77,10 +84,11 @@ def unit_rows(units: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def write_matrices(client: Any, frame: pd.DataFrame) -> float:
+def write_matrices(client: Any, frame: pd.DataFrame, defn: dict[str, Any] | None = None,
+                   variations: tuple[str, ...] = VARIATIONS) -> float:
     """Each partition's per-variation matrices, applied with the workers' script; seconds."""
     t0 = time.perf_counter()
-    d = parse_definition(definition())
+    d = parse_definition(defn or definition())
     Registry(client).create(d, replace=True)
     lay = ExperimentLayout.of(d)
     store = PartitionStore(client)
@@ -90,11 +98,11 @@ def write_matrices(client: Any, frame: pd.DataFrame) -> float:
     var = frame["variation"].to_numpy()
     for p in range(PARTITIONS):
         w = BatchWrite(p, store.claim(p))
-        for name in VARIATIONS:
+        for name in variations:
             rows = values[(part == p) & (var == name)]
             m = MomentMatrix.from_rows(lay.columns, rows)
-            w.matrices[(EXPERIMENT, name)] = (m.shift, m.sums)
-            w.counters[f"{EXPERIMENT}:exposures"] += len(rows)
+            w.matrices[(d.id, name)] = (m.shift, m.sums)
+            w.counters[f"{d.id}:exposures"] += len(rows)
         w.last_event_ts = time.time()
         outcome = store.apply(w)
         if not outcome.applied:
@@ -103,7 +111,7 @@ def write_matrices(client: Any, frame: pd.DataFrame) -> float:
 
 
 @contextmanager
-def api_server(s: Settings, log_dir: Path) -> Iterator[str]:
+def api_server(s: Settings, log_dir: Path, *args: str) -> Iterator[str]:
     """``liftstream api`` (no lag monitor) on a free port; yields its base URL."""
     import httpx
 
@@ -112,7 +120,8 @@ def api_server(s: Settings, log_dir: Path) -> Iterator[str]:
     exe = Path(sys.executable).with_name("liftstream")
     with open(log_dir / "api.log", "wb") as log:
         proc = subprocess.Popen([str(exe), "api", "--host", "127.0.0.1", "--port", str(port),
-                                 "--no-lag", "--log-level", "warning"], env=env, stdout=log,
+                                 "--no-lag", "--log-level", "warning", *args], env=env,
+                                stdout=log,
                                 stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -250,13 +259,150 @@ def run(units: int = 1_000_000, pollers: int = 100, seconds: float = 10.0) -> di
     }
 
 
+# --------------------------------------------------------------------------- healthz_under_load
+
+LARGE = "large"
+LARGE_VARIATIONS = tuple(["control"] + [f"t{i}" for i in range(1, 64)])
+
+
+def large_definition() -> dict[str, Any]:
+    """64 variations × 10 metrics (4 binary, 6 numeric), covariate x, candidate views."""
+    return {**definition(), "id": LARGE, "variations": list(LARGE_VARIATIONS)}
+
+
+def large_rows(units: int, seed: int = 1) -> pd.DataFrame:
+    """:func:`unit_rows` spread over the 64 variations."""
+    frame = unit_rows(units, seed)
+    rng = np.random.default_rng(seed + 1)
+    frame["variation"] = np.array(LARGE_VARIATIONS)[rng.integers(0, 64, units)]
+    return frame
+
+
+async def _cache_buster(host: str, port: int, until: float, seed: int,
+                        counts: dict[str, int]) -> None:
+    rng = np.random.default_rng(seed)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < until:
+            alpha = float(rng.uniform(0.001, 0.2))
+            writer.write((f"GET /v1/experiments/{LARGE}/results?alpha={alpha:.12f} HTTP/1.1\r\n"
+                          f"Host: {host}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").encode())
+            status = await reader.readline()
+            length, close = 0, False
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+                if name.strip().lower() == b"connection" and b"close" in value.lower():
+                    close = True
+            await reader.readexactly(length)
+            code = status.split(b" ")[1].decode() if b" " in status else "?"
+            counts[code] = counts.get(code, 0) + 1
+            if code == "503":
+                await asyncio.sleep(0.05)  # a polite client honours Retry-After, briefly
+            if close:
+                break
+    finally:
+        writer.close()
+
+
+def _cache_busters(host: str, port: int, clients: int, seconds: float, out: Any) -> None:
+    """The load process: ``clients`` connections, each a closed loop of random-alpha requests."""
+    counts: dict[str, int] = {}
+
+    async def main() -> None:
+        until = time.perf_counter() + seconds
+        await asyncio.gather(*(_cache_buster(host, port, until, 100 + i, counts)
+                               for i in range(clients)))
+
+    asyncio.run(main())
+    out.put(counts)
+
+
+def _probe(host: str, port: int, seconds: float, every: float = 0.02) -> list[float]:
+    """``GET /healthz`` every ``every`` seconds on one keep-alive socket; latencies (s)."""
+    import socket
+
+    out: list[float] = []
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, port)) as sock:
+        f = sock.makefile("rb")
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            t0 = time.perf_counter()
+            sock.sendall(request)
+            assert f.readline().startswith(b"HTTP/1.1 200")
+            length = 0
+            while (line := f.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            f.read(length)
+            out.append(time.perf_counter() - t0)
+            time.sleep(max(0.0, every - (time.perf_counter() - t0)))
+    return out
+
+
+def _ms(values: list[float], q: float) -> float:
+    return round(float(np.percentile(np.array(values), q)) * 1e3, 2)
+
+
+def healthz_under_load(units: int = 200_000, clients: int = 6, seconds: float = 20.0
+                       ) -> dict[str, Any]:
+    """``/healthz`` latency while ``clients`` request cache-busting results (see module doc)."""
+    import multiprocessing
+
+    import httpx
+
+    frame = large_rows(units)
+    with start_redis() as redis_server, tempfile.TemporaryDirectory() as tmp:
+        client = connect(redis_server.url)
+        write_matrices(client, frame, large_definition(), LARGE_VARIATIONS)
+        s = replace(Settings(), redis_url=redis_server.url, api_read_tokens=(TOKEN,))
+        with api_server(s, Path(tmp)) as url:
+            host, port = url.removeprefix("http://").split(":")
+            h = {"Authorization": f"Bearer {TOKEN}"}
+            t0 = time.perf_counter()
+            first = httpx.get(f"{url}/v1/experiments/{LARGE}/results?alpha=0.0123", headers=h,
+                              timeout=60)
+            one_s = time.perf_counter() - t0
+            first.raise_for_status()
+            idle = _probe(host, int(port), 3.0)
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            load = ctx.Process(target=_cache_busters, args=(host, int(port), clients, seconds,
+                                                            queue))
+            load.start()
+            time.sleep(1.0)  # the load process started and its requests are in flight
+            busy = _probe(host, int(port), seconds - 2.0)
+            counts = queue.get(timeout=seconds + 60)
+            load.join(30)
+    return {
+        "variations": len(LARGE_VARIATIONS), "metrics": len(BINARY) + len(NUMERIC),
+        "units": units, "clients": clients, "seconds": seconds,
+        "results_bytes": len(first.content), "one_computation_s": round(one_s, 3),
+        "healthz_idle_p50_ms": _ms(idle, 50), "healthz_idle_p99_ms": _ms(idle, 99),
+        "healthz_p50_ms": _ms(busy, 50), "healthz_p99_ms": _ms(busy, 99),
+        "healthz_max_ms": round(max(busy) * 1e3, 2), "healthz_probes": len(busy),
+        "results_answered": counts.get("200", 0), "results_busy_503": counts.get("503", 0),
+        "results_other": {k: v for k, v in counts.items() if k not in ("200", "503")},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--units", type=int, default=1_000_000)
+    ap.add_argument("--units", type=int, default=None)
     ap.add_argument("--pollers", type=int, default=100)
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=None)
+    ap.add_argument("--healthz-under-load", action="store_true",
+                    help="only the healthz_under_load figure (6 cache-busting clients)")
     args = ap.parse_args(argv)
-    out = run(args.units, args.pollers, args.seconds)
+    if args.healthz_under_load:
+        out = healthz_under_load(args.units or 200_000, 6, args.seconds or 20.0)
+    else:
+        out = run(args.units or 1_000_000, args.pollers, args.seconds or 10.0)
     json.dump(out, sys.stdout, indent=1)
     print()
     return 0

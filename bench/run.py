@@ -80,6 +80,9 @@ def run(quick: bool) -> dict[str, Any]:
         api = _optional("bench.api_load", "run")
         if api is not None:
             timed("query", api, r)
+        hz = _optional("bench.api_load", "healthz_under_load")
+        if hz is not None:
+            timed("healthz_under_load", hz, r)
         learner = _optional("bench.learner", "run")
         if learner is not None:
             timed("learner", learner, r)
@@ -99,6 +102,24 @@ def _ratio_rows(rows: list[dict[str, Any]]) -> list[str]:
         out.append(f"| {row['metric']} | {row['treatment']} | {' | '.join(cells)} | "
                    f"{'—' if days is None else f'{days:.1f}'} |")
     return out
+
+
+def healthz_section(h: Any, command: str = "make bench") -> list[str]:
+    """The "API under cache-busting load" section (``bench.api_load.healthz_under_load``)."""
+    if not isinstance(h, dict) or "healthz_p99_ms" not in h:
+        return []
+    return ["## API under cache-busting load", "",
+            f"{h['clients']} clients request the results of a {h['variations']}-variation × "
+            f"{h['metrics']}-metric experiment ({h['results_bytes'] / 1e6:.1f} MB, "
+            f"{h['one_computation_s']} s to compute) with a random `alpha` each time (every "
+            f"request a computation) for {h['seconds']:.0f} s, while `GET /healthz` is probed "
+            f"every 20 ms (`{command}`; alone: `python -m bench.api_load --healthz-under-load`).",
+            "",
+            f"- `/healthz` p99 **{h['healthz_p99_ms']} ms** (goal ≤ 50 ms), p50 "
+            f"{h['healthz_p50_ms']} ms, max {h['healthz_max_ms']} ms over "
+            f"{h['healthz_probes']} probes; idle: p99 {h['healthz_idle_p99_ms']} ms",
+            f"- results answered: {h['results_answered']}, refused 503 `busy`: "
+            f"{h['results_busy_503']}", ""]
 
 
 def markdown(r: dict[str, Any], command: str) -> str:
@@ -151,6 +172,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
     for key, title in (("query", "Query"), ("learner", "Learner")):
         if key in r:
             lines += [f"## {title}", "", "```json", json.dumps(r[key], indent=1), "```", ""]
+    lines += healthz_section(r.get("healthz_under_load"))
     soak = r.get("soak")
     if isinstance(soak, dict) and "seconds" in soak:
         lines += ["## Soak", "",

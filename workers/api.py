@@ -74,7 +74,10 @@ from state.registry import (
 from state.results import experiment_document_with, record_finished
 from state.store import Client, partition_count, read_counters
 from stream.lag import LagMonitor
-from workers.cache import SingleFlightCache
+from workers.api_docs import install_docs
+from workers.api_guard import BodyLimit, ErrorShield, request_id
+from workers.api_openapi import allowed_methods, document_errors
+from workers.cache import Busy, ComputeGate, SingleFlightCache
 from workers.settings import Settings
 
 __all__ = ["ApiError", "Auth", "create_app", "resolve_auth", "shape_results"]
@@ -210,10 +213,11 @@ StrictDefinitionText = Annotated[None, Depends(_strict_definition_text)]
 
 @dataclass
 class CachedResult:
-    """One computed result document and its JSON encodings per response shape."""
+    """One computed result document (kept as JSON: compact, and nothing for the garbage
+    collector to walk) and its encodings per response shape."""
 
     definition: ExperimentDef
-    doc: dict[str, Any]
+    doc: bytes
     computed_at: float
     bodies: dict[tuple[str | None, bool], bytes] = field(default_factory=dict)
 
@@ -424,6 +428,24 @@ class _IngestCollector(Collector):
         m.add_metric(["shared"], float(cache.shared))
         m.add_metric(["miss"], float(cache.misses))
         yield m
+        evicted = CounterMetricFamily("liftstream_api_results_cache_evictions",
+                                      "cached results dropped to stay within "
+                                      "LIFTSTREAM_RESULTS_CACHE_ENTRIES / _BYTES")
+        evicted.add_metric([], float(cache.evictions))
+        yield evicted
+        size = GaugeMetricFamily("liftstream_api_results_cache_bytes",
+                                 "bytes charged to the cached results")
+        size.add_metric([], float(cache.bytes))
+        yield size
+        refused = CounterMetricFamily("liftstream_api_computations_refused",
+                                      "requests answered 503 busy: more computations than "
+                                      "LIFTSTREAM_API_COMPUTE_THREADS + _QUEUE")
+        refused.add_metric([], float(cache.gate.refused))
+        yield refused
+        pending = GaugeMetricFamily("liftstream_api_computations_pending",
+                                    "result and history computations running or waiting")
+        pending.add_metric([], float(cache.gate.pending))
+        yield pending
 
 
 def _refused_snapshots(refusals: Mapping[str, int]) -> Metric:
@@ -460,6 +482,11 @@ def api_client(settings: Settings) -> Client:
     return redis.Redis.from_url(settings.redis_url, health_check_interval=30, **opts)
 
 
+def _result_size(res: CachedResult | None) -> int:
+    """Bytes charged to a cached result: 3 × its JSON (the document and its encodings)."""
+    return 0 if res is None else 3 * len(res.doc)
+
+
 def _dashboard_html() -> bytes:
     return resources.files("workers").joinpath("static/dashboard.html").read_bytes()
 
@@ -491,7 +518,8 @@ def _plain_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, 
         got = e.get("input")
         text = f"{label}: {msg}"
         if where in ("query", "path") and got is not None:
-            text += f" (got {got!r})"
+            shown = repr(got)
+            text += f" (got {shown if len(shown) <= 80 else shown[:76] + '…' + shown[-1]})"
         problems.append({"location": where, "field": name or None, "message": msg,
                          "text": text})
         texts.append(text)
@@ -509,8 +537,13 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
         lag = LagMonitor(client, settings.kafka_bootstrap,
                          [settings.topic_exposures, settings.topic_events], lag_interval,
                          settings.kafka_options())
+    gate = ComputeGate(settings.api_compute_threads, settings.api_compute_queue)
     api = ApiState(settings, auth if auth is not None else resolve_auth(settings)[0], client,
-                   Registry(client), SingleFlightCache(ttl), SingleFlightCache(ttl),
+                   Registry(client),
+                   SingleFlightCache(ttl, settings.results_cache_entries,
+                                     max_bytes=settings.results_cache_bytes,
+                                     size_of=_result_size, gate=gate),
+                   SingleFlightCache(ttl, settings.results_cache_entries, gate=gate),
                    metrics_registry, lag)
     request_metrics = _RequestMetrics(metrics_registry)
     metrics_registry.register(_IngestCollector(api))
@@ -527,12 +560,16 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                 api.lag.stop()
 
     app = FastAPI(
-        title="liftstream", version="0.1.0", lifespan=lifespan,
+        title="liftstream", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Live A/B-test results: variance-reduced effects, fixed-horizon and "
                     "anytime-valid confidence intervals, posterior means, SRM checks. "
                     "Authenticate with `Authorization: Bearer <token>` (read or admin scope).")
     app.state.api = api
-    app.add_middleware(MetricsMiddleware, metrics=request_metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes,
+                       setting="LIFTSTREAM_API_MAX_BODY_BYTES")
+    app.add_middleware(MetricsMiddleware, metrics=request_metrics)  # counts the 413s too
+    app.add_middleware(ErrorShield)  # outermost: request ids, generic 500s
+    install_docs(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -547,22 +584,31 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = dict(exc.headers or {})
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
+        if exc.status_code == 405:  # every method of the path, not only one route's
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            return _error_response(422, "invalid_request",
+                                   "request body: not a JSON document (UTF-8 text expected)")
         return _error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
-                               detail, exc.headers)
+                               detail, headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("error answering %s %s", request.method, request.url.path)
-        return _error_response(500, "internal_error",
-                               f"{type(exc).__name__}: {exc}" if str(exc) else
-                               type(exc).__name__)
+    # Unexpected exceptions: workers.api_guard.ErrorShield (generic 500 with a request id).
 
     @app.exception_handler(redis.RedisError)
     async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
-        log.warning("Redis error answering %s: %s", request.url.path, exc)
-        return _error_response(503, "unavailable", f"Redis is unavailable: {exc}")
+        log.warning("request %s: Redis error answering %s: %s", request_id(request.scope),
+                    request.url.path, exc)
+        return _error_response(503, "unavailable", "Redis is unavailable; retry later",
+                               {"Retry-After": "1"})
+
+    @app.exception_handler(Busy)
+    async def _busy(request: Request, exc: Busy) -> JSONResponse:
+        return _error_response(503, "busy", "too many result computations in progress; "
+                                            f"retry in {exc.retry_after} s",
+                               {"Retry-After": str(exc.retry_after)})
 
     # -- page and probes ------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -574,7 +620,7 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
         return Response(status_code=204)
 
     @app.get("/healthz", tags=["operations"], summary="The process is up")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], summary="Redis reachable and registry readable",
@@ -585,9 +631,11 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
             version = api.registry.version()
             count = len(api.registry.list())
         except (redis.RedisError, redis.cluster.RedisClusterException, OSError) as exc:
-            return _error_response(503, "not_ready", f"Redis is not reachable: {exc}")
+            log.warning("readyz: Redis is not reachable: %s", exc)  # addresses: log only
+            return _error_response(503, "not_ready", "Redis is not reachable")
         except (DefinitionError, ValueError) as exc:
-            return _error_response(503, "not_ready", f"registry is not readable: {exc}")
+            log.warning("readyz: registry is not readable: %s", exc)
+            return _error_response(503, "not_ready", "the experiment registry is not readable")
         return JSONResponse({"status": "ready", "redis": "ok",
                              "registry": {"experiments": count, "version": version}})
 
@@ -682,14 +730,18 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
             return None
         corr: Any = correction
         doc = experiment_document_with(api.client, d, corr, alpha)
-        return CachedResult(d, doc, time.time())
+        res = CachedResult(d, msgspec.json.encode(doc), time.time())
+        encode(res, None, True, alpha, correction, doc)  # here, in the worker thread
+        return res
 
     def encode(res: CachedResult, estimator: str | None, sequential: bool,
-               alpha: float | None, correction: str | None) -> bytes:
+               alpha: float | None, correction: str | None,
+               computed: dict[str, Any] | None = None) -> bytes:
         key = (estimator, sequential)
         body = res.bodies.get(key)
         if body is None:
-            doc = shape_results(res.doc, estimator, sequential)
+            source = computed if computed is not None else msgspec.json.decode(res.doc)
+            doc = shape_results(source, estimator, sequential)
             last = doc["slices"][0].get("freshness", {}).get("last_event_ts")
             reading = api.lag.latest() if api.lag is not None else None
             doc["status"] = res.definition.status
@@ -728,8 +780,12 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                                     lambda: compute(experiment_id, alpha, correction))
         if res is None:
             raise ApiError(404, "not_found", f"no experiment {experiment_id!r}")
-        return Response(encode(res, estimator, sequential, alpha, correction),
-                        media_type="application/json")
+        found: CachedResult = res
+        body = found.bodies.get((estimator, sequential))
+        if body is None:  # another shape: encoded in a worker thread too
+            body = await gate.run_admitted(
+                lambda: encode(found, estimator, sequential, alpha, correction))
+        return Response(body, media_type="application/json")
 
     def load_history(experiment_id: str, limit: int
                      ) -> tuple[ExperimentDef, list[dict[str, Any]]] | None:
@@ -777,4 +833,7 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                         "p_value": [s.get("srm_p") for s in snaps],
                         "sequential_p_value": [s.get("srm_seq_p") for s in snaps]}}
 
+    document_errors(app, read=require_read, admin=require_admin,
+                    definition_routes={"create_experiment", "replace_experiment"},
+                    redis_free={"healthz"})
     return app

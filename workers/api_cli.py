@@ -40,9 +40,27 @@ def _serve(args: argparse.Namespace) -> int:
               f"  dashboard: http://{shown}:{port}/?token={generated}", file=sys.stderr,
               flush=True)
     app = create_app(settings, auth=auth, lag_interval=None if args.no_lag else args.lag_interval)
-    uvicorn.run(app, host=host, port=port, log_level=args.log_level,
+    # A computation thread holding the GIL delays the event loop by up to one switch interval
+    # per hand-over; 1 ms instead of 5 ms keeps /healthz and cached answers prompt.
+    sys.setswitchinterval(0.001)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level, log_config=log_config(),
                 access_log=args.access_log, timeout_graceful_shutdown=5)
     return 0
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with ``token`` query parameters redacted (``***``)
+    in every uvicorn log line, the access log included."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_tokens"] = {
+        "()": "workers.api_guard.RedactTokens"}
+    for handler in config.get("handlers", {}).values():
+        handler.setdefault("filters", []).append("redact_tokens")
+    return config
 
 
 def add_api_parser(sub: argparse._SubParsersAction[Any]) -> None:

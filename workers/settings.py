@@ -69,6 +69,11 @@ class Settings:
     api_read_tokens: tuple[str, ...] = ()
     api_admin_tokens: tuple[str, ...] = ()
     results_cache_seconds: float = 1.0
+    results_cache_entries: int = 256
+    results_cache_bytes: int = 64 * 1024 * 1024
+    api_max_body_bytes: int = 1024 * 1024
+    api_compute_threads: int = 1
+    api_compute_queue: int = 8
     model_hmac_key: str | None = None
     alert_interval_seconds: float = 10.0
     alert_webhooks: tuple[str, ...] = ()
@@ -151,7 +156,8 @@ def _redact_url_path(url: str) -> str:
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}
 _POSITIVE_INT: Final = ("partitions", "batch_size", "batch_timeout_ms", "max_pending_events",
                         "unit_buckets", "learner_snapshot_examples", "learner_dedupe_window",
-                        *LIMIT_FIELDS)
+                        "results_cache_entries", "results_cache_bytes", "api_max_body_bytes",
+                        "api_compute_threads", "api_compute_queue", *LIMIT_FIELDS)
 _NONNEGATIVE_FLOAT: Final = ("grace_seconds", "results_cache_seconds")
 _POSITIVE_FLOAT: Final = ("alert_interval_seconds", "stale_after_seconds",
                           "learner_snapshot_seconds")

@@ -2,13 +2,19 @@
 
 A slow or failing webhook only delays its own queue, never the other webhooks or the alerter
 (every request has a timeout, every URL its own thread). Connection errors, timeouts, 5xx and
-429 answers are retried after ``backoff · 2^k`` seconds (capped), up to ``attempts`` tries;
-other 4xx answers are not retried (the body is wrong, trying again will not help).
+429 answers are retried after ``backoff · 2^k`` seconds (capped at ``max_backoff``), up to
+``attempts`` tries and never past ``max_total`` seconds after the first try; other 4xx
+answers are not retried (the body is wrong, trying again will not help).
+
+Every delivery of one alert carries the same ``Idempotency-Key`` header, the alert's id: a
+receiver slower than the timeout may get an alert more than once (the sender cannot know
+whether a timed-out request was processed), and de-duplicates on that key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import queue
@@ -40,13 +46,15 @@ class WebhookSender(threading.Thread):
     """Posts JSON bodies to one URL, in order, from its own daemon thread."""
 
     def __init__(self, url: str, *, attempts: int = 6, backoff: float = 0.5,
-                 max_backoff: float = 30.0, timeout: float = 5.0, max_queue: int = 1000) -> None:
+                 max_backoff: float = 30.0, timeout: float = 5.0, max_queue: int = 1000,
+                 max_total: float = 120.0) -> None:
         super().__init__(name=f"webhook-{url[:40]}", daemon=True)
         self.url = url
         self.attempts = attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.timeout = timeout
+        self.max_total = max_total
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self.stats = DeliveryStats()
         self._stopping = threading.Event()
@@ -73,16 +81,22 @@ class WebhookSender(threading.Thread):
 
     def _deliver(self, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
+        key = str(body.get("alert_id") or hashlib.sha256(data).hexdigest()[:32])
         delay = self.backoff
+        deadline = time.monotonic() + self.max_total
         for attempt in range(1, self.attempts + 1):
             self.stats.attempts += 1
-            retry, error = self._post(data)
+            retry, error = self._post(data, key)
             if error is None:
                 self.stats.delivered += 1
                 return
             self.stats.last_error = error
             self.stats.errors.append(error)
             if not retry or attempt == self.attempts or self._stopping.is_set():
+                break
+            if time.monotonic() + delay + self.timeout > deadline:
+                log.warning("webhook %s: no retry %d, it would end past %.0f s after the "
+                            "first try", _host(self.url), attempt, self.max_total)
                 break
             log.warning("webhook %s failed (%s), retry %d in %.2fs", _host(self.url), error,
                         attempt, delay)
@@ -92,11 +106,12 @@ class WebhookSender(threading.Thread):
         self.stats.failed += 1
         log.error("webhook %s: alert not delivered: %s", _host(self.url), self.stats.last_error)
 
-    def _post(self, data: bytes) -> tuple[bool, str | None]:
+    def _post(self, data: bytes, key: str) -> tuple[bool, str | None]:
         """One attempt: ``(retry?, error or None)``."""
         req = urllib.request.Request(self.url, data=data, method="POST",
                                      headers={"Content-Type": "application/json",
-                                              "User-Agent": "liftstream-alerter"})
+                                              "User-Agent": "liftstream-alerter",
+                                              "Idempotency-Key": key})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 resp.read()

@@ -255,8 +255,9 @@ def test_results_of_an_experiment_without_data(api: TestClient) -> None:
     assert api.get("/v1/experiments/empty/history", headers=h).json()["series"] == []
 
 
-def test_unexpected_errors_are_json(redis_url: str) -> None:
-    """A definition whose columns no longer match the stored matrices: a JSON 500."""
+def test_unexpected_errors_are_json(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A definition whose columns no longer match the stored matrices: a generic JSON 500
+    naming a request id; the exception text is in the log only."""
     client = connect(redis_url)
     Registry(client).create(parse_definition(experiment_definition("drift")))
     DirectIngest(client).feed(experiment_messages(Population("drift"), 0, 50))
@@ -268,7 +269,13 @@ def test_unexpected_errors_are_json(redis_url: str) -> None:
                     raise_server_exceptions=False) as api:
         r = api.get("/v1/experiments/drift/results", headers=auth(READ))
     assert r.status_code == 500
-    assert r.json()["error"] == "internal_error" and "columns" in r.json()["detail"]
+    body = r.json()
+    assert body["error"] == "internal_error" and body["request_id"] == r.headers["x-request-id"]
+    assert "columns" not in r.text and "ValueError" not in r.text and "Traceback" not in r.text
+    assert body["request_id"] in body["detail"]
+    logged = [rec for rec in caplog.records if body["request_id"] in rec.getMessage()]
+    assert logged and logged[0].exc_info is not None
+    assert "columns" in str(logged[0].exc_info[1])
 
 
 def test_shape_results_keeps_input() -> None:

@@ -178,7 +178,15 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
             assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
 
             # switching metric re-renders from the API
-            browser.find_element(By.CSS_SELECTOR, 'button.tab[data-metric="converted"]').click()
+            for attempt in range(10):  # the tabs are re-rendered on every refresh too
+                try:
+                    browser.find_element(By.CSS_SELECTOR,
+                                         'button.tab[data-metric="converted"]').click()
+                    break
+                except StaleElementReferenceException:
+                    if attempt == 9:
+                        raise
+                    time.sleep(0.1)
             wait.until(lambda d: text(d, "#chart-metric") == "converted")
             conv = series_of(api, "converted", "treatment")["estimators"][
                 series_of(api, "converted", "treatment")["primary"]]
