@@ -44,7 +44,7 @@ def _analyze(args: argparse.Namespace) -> int:
             weights=parse_weights(args.weights) if args.weights else None,
             by=tuple(c for part in args.by for c in part.split(",") if c),
             timeline=args.timeline, points=args.points, settings=settings,
-            correction=args.correction)
+            correction=args.correction, missing=args.missing)
         doc = analyze_file(args.file, req)
     except (InputError, ValueError) as exc:
         return _fail("analyze", str(exc))
@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", action="append", default=[], help="slice by COL[,COL]")
     p.add_argument("--timeline", help="order rows by COL and report results over time")
     p.add_argument("--points", type=int, default=10, help="timeline points (10)")
+    p.add_argument("--missing", choices=["error", "drop", "zero"], default="error",
+                   help="missing values: error (default), drop incomplete rows, or count a "
+                        "missing metric/covariate value as 0")
     _add_analysis_options(p)
     p.set_defaults(handler=_analyze)
 

@@ -20,7 +20,8 @@ def _ci(lo: Any, hi: Any) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
-    lines: list[str] = []
+    lines: list[str] = [f"warning [{w['code']}]: {w['detail']}"
+                        for w in doc.get("warnings", [])]
     for sl in doc.get("slices", []):
         lines.extend(render_slice(sl))
         lines.append("")
