@@ -36,6 +36,9 @@ Missing = Literal["error", "drop", "zero"]
 MISSING_CHOICES: tuple[Missing, ...] = ("error", "drop", "zero")
 _SHOWN = 60  # longest value or name quoted in a message
 _LISTED = 20  # most names listed in a message
+#: Largest |value| accepted: the moment sums hold squares and products of values, and n of
+#: them must stay finite in float64 (max ≈ 1.8e308).
+MAX_ABS_VALUE = 1e150
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,12 @@ def numeric_column(frame: pd.DataFrame, column: str, fill: float | None = None,
                              f"{_brief(cell)} in data row {row}")
         raise InputError(f"column {_brief(column)} is not numeric: value {_brief(cell)} "
                          f"in data row {row}")
+    big = np.abs(values) > MAX_ABS_VALUE
+    if big.any():
+        i = int(np.argmax(big))
+        row = int(rows[i]) if rows is not None else i + 1
+        raise InputError(f"column {_brief(column)} has a value too large for float64 moment "
+                         f"sums: {_brief(s.iloc[i])} in data row {row} (limit ±{MAX_ABS_VALUE:g})")
     return values
 
 
