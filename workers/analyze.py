@@ -206,8 +206,10 @@ def read_table(path: str, columns: Sequence[str], text_columns: Sequence[str] = 
 def missing_mask(s: pd.Series) -> np.ndarray:
     """Cells that are missing: NA, or text that is empty or only whitespace."""
     mask = np.array(s.isna(), dtype=bool)
-    if s.dtype == object or str(s.dtype).startswith("str"):
-        text = s.astype(object).where(~mask, "x").astype(str).str.strip()
+    if str(s.dtype).startswith("str"):
+        mask |= np.array(s.str.strip().eq("").fillna(False), dtype=bool)
+    elif s.dtype == object:  # mixed cells: only text can be blank
+        text = s.where(~mask, "x").astype(str).str.strip()
         mask |= np.array(text == "", dtype=bool)
     return mask
 
@@ -251,8 +253,8 @@ def numeric_column(frame: pd.DataFrame, column: str, fill: float | None = None,
 
 
 def _floats(s: pd.Series, missing: np.ndarray) -> np.ndarray:
-    if s.dtype == bool:
-        return s.to_numpy(dtype=np.float64)
+    if s.dtype == bool or (isinstance(s.dtype, np.dtype) and s.dtype.kind in "iuf"):
+        return np.array(s.to_numpy(dtype=np.float64), dtype=np.float64)  # a writable copy
     if s.dtype == object or str(s.dtype).startswith("str"):
         present = s.astype(object)[~missing]
         lowered = present.astype(str).str.strip().str.lower()

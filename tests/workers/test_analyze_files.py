@@ -248,7 +248,7 @@ def argvs(draw: st.DrawFn) -> list[str]:
     return argv + extra + ["--format", draw(st.sampled_from(["json", "table"]))]
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, database=None,
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(content=csv_files(), argv=argvs())
 def test_no_csv_makes_analyze_print_a_traceback(content: bytes, argv: list[str]) -> None:
