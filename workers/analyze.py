@@ -36,9 +36,9 @@ Missing = Literal["error", "drop", "zero"]
 MISSING_CHOICES: tuple[Missing, ...] = ("error", "drop", "zero")
 _SHOWN = 60  # longest value or name quoted in a message
 _LISTED = 20  # most names listed in a message
-#: Largest |value| accepted: the moment sums hold squares and products of values, and n of
-#: them must stay finite in float64 (max ≈ 1.8e308).
-MAX_ABS_VALUE = 1e150
+#: Largest |value| accepted: the estimators use up to fourth powers of values (variances of
+#: variances, Welch degrees of freedom), which must stay finite in float64 (max ≈ 1.8e308).
+MAX_ABS_VALUE = 1e75
 
 
 @dataclass(frozen=True)
@@ -247,8 +247,9 @@ def numeric_column(frame: pd.DataFrame, column: str, fill: float | None = None,
     if big.any():
         i = int(np.argmax(big))
         row = int(rows[i]) if rows is not None else i + 1
-        raise InputError(f"column {_brief(column)} has a value too large for float64 moment "
-                         f"sums: {_brief(s.iloc[i])} in data row {row} (limit ±{MAX_ABS_VALUE:g})")
+        raise InputError(f"column {_brief(column)} has a value too large for the float64 "
+                         f"statistics: {_brief(s.iloc[i])} in data row {row} (limit "
+                         f"±{MAX_ABS_VALUE:g}; rescale the column)")
     return values
 
 

@@ -48,6 +48,9 @@ def _analyze(args: argparse.Namespace) -> int:
         doc = analyze_file(args.file, req)
     except (InputError, ValueError) as exc:
         return _fail("analyze", str(exc))
+    except ArithmeticError as exc:  # float64 range, e.g. squares of 1e-160 underflow to 0
+        return _fail("analyze", f"a statistic left the float64 range ({type(exc).__name__}: "
+                                f"{exc}); rescale the columns")
     _emit(doc, args.format, render)
     return 0
 

@@ -132,6 +132,7 @@ def test_zero_counts_missing_metric_and_covariate_values_as_zero(tmp_path: Path)
     ("abc", "column 'y' is not numeric: value 'abc' in data row 3"),
     ("inf", "column 'y' has a non-finite value inf in data row 3"),
     ("x" * 500, "column 'y' is not numeric: value 'xxxxxxxx"),
+    ("1e80", "column 'y' has a value too large for the float64 statistics: 1e+80 in data row 3"),
 ])
 def test_bad_cells_are_named_in_plain_words(tmp_path: Path, cell: str, needle: str) -> None:
     frame = _frame(4).astype({"y": object})
@@ -194,7 +195,8 @@ def test_numeric_arm_labels_are_kept_as_written(tmp_path: Path) -> None:
 
 ARM_BAD = ["", " ", "NA", "a\nb", 'q"uote', "ä", "a,b", "1.0"]
 NUM_BAD = ["", " ", "nan", "NaN", "inf", "-inf", "1e308", "-1e308", "abc", "True", "false",
-           " 7 ", "1,5", "\n", "1e-320", "0x10", "١", "1e400"]
+           " 7 ", "1,5", "\n", "1e-320", "0x10", "١", "1e400", "1e80", "-1e76", "1e-160",
+           "3e-170"]
 GOOD_NUMBER = st.one_of(st.floats(-1e6, 1e6).map(repr), st.integers(0, 3).map(str),
                         st.sampled_from(["0", "1"]))
 NUMBER = st.one_of(GOOD_NUMBER, GOOD_NUMBER, GOOD_NUMBER, st.sampled_from(NUM_BAD),
@@ -269,6 +271,7 @@ def test_no_csv_makes_analyze_print_a_traceback(content: bytes, argv: list[str])
 @pytest.mark.parametrize("content", [
     b"", b"arm,y\n", b"\xef\xbb\xbfarm,y\na,1\n", b'arm,y\n"a\nb",1\na,\n', b"arm,y\na,1,2,3\n",
     b"\xff\xfe\x00a\x00r\x00m", b"arm,y\nnan,1\na,2\n",
+    b"arm,y\n" + b"".join(b"%s,%de-160\n" % (b"ab"[i % 2:i % 2 + 1], i) for i in range(1, 9)),
 ])
 def test_the_installed_command_prints_one_line_not_a_traceback(tmp_path: Path,
                                                                content: bytes) -> None:
