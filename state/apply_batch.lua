@@ -3,14 +3,18 @@
 -- Commit order: (1) fence on the owner epoch, (2) fence on every topic-partition offset: the
 -- stored offset must be exactly the one the owner last wrote (or saw at assignment), so a
 -- replayed batch, or a Redis that lost its tail (AOF restart), sends the owner back to seek,
--- (3) check every moment matrix's shift, then and only then (4) write unit states, pending
+-- (3) check every moment matrix's shift (or its re-centring base), then and only then (4) write
+-- unit states, pending
 -- events and matrix increments, (5) counters, (6) the new offsets. Steps 1-3 write nothing
 -- but a refusal counter, so a refused (zombie or replayed) batch changes no statistics.
 --
 -- KEYS[1] epoch, KEYS[2] offsets, KEYS[3] counters, KEYS[4..] data keys addressed by index.
 -- ARGV: epoch, then sections, each "count" followed by its tuples:
 --   offsets   (field, expected_stored_offset or "" if none stored yet, next_offset)
---   matrices  (key_index, field, d, blob)   blob = shift (d doubles) .. upper-triangle delta
+--   matrices  (key_index, field, d, blob, base)   blob = shift (d doubles) .. upper-triangle
+--             delta around that shift; base = "" (the stored shift must equal the blob's) or the
+--             stored shift (d doubles) the matrix is first re-centred from (stream/shifts.py):
+--             with dd = shift - base, S'0j = S0j - n*ddj, S'ij = Sij - ddi*S'0j - ddj*S0i.
 --   hset      (key_index, field, value)
 --   hdel      (key_index, field)
 --   zadd      (key_index, score, member)
@@ -48,26 +52,71 @@ end
 n = tonumber(nextarg())
 local mats = {}
 for i = 1, n do
-  local key, field, d, blob = KEYS[tonumber(nextarg())], nextarg(), tonumber(nextarg()), nextarg()
+  local key, field = KEYS[tonumber(nextarg())], nextarg()
+  local d, blob, base = tonumber(nextarg()), nextarg(), nextarg()
   local cur = redis.call('HGET', key, field)
-  if cur and string.sub(cur, 1, 8 * d) ~= string.sub(blob, 1, 8 * d) then
+  local expected = base
+  if base == '' then
+    expected = string.sub(blob, 1, 8 * d)
+  end
+  if (cur and string.sub(cur, 1, 8 * d) ~= expected) or (not cur and base ~= '') then
     redis.call('HINCRBY', KEYS[3], 'refused_shift', 1)
     return {0, 'shift', key .. '/' .. field}
   end
-  mats[#mats + 1] = {key, field, d, blob, cur}
+  mats[#mats + 1] = {key, field, d, blob, cur, base}
+end
+
+-- the stored sums (upper triangle of the (d+1)x(d+1) matrix, row-major) as numbers
+local function unpack_sums(cur, d)
+  local s, pos = {}, 8 * d + 1
+  for j = 1, (string.len(cur) - 8 * d) / 8 do
+    s[j] = struct.unpack('<d', cur, pos)
+    pos = pos + 8
+  end
+  return s
+end
+
+-- the same sums around the blob's shift instead of the stored one (exact algebra)
+local function recentre(s, cur, blob, d)
+  local dd = {[0] = 0.0}
+  for k = 1, d do
+    local at = 8 * (k - 1) + 1
+    dd[k] = struct.unpack('<d', blob, at) - struct.unpack('<d', cur, at)
+  end
+  local row0, new0, idx = {}, {}, {}
+  local t = 1
+  for i = 0, d do
+    idx[i] = t - i  -- s[idx[i] + j] is entry (i, j) for j >= i
+    t = t + d + 1 - i
+  end
+  local n = s[1]
+  for j = 0, d do
+    row0[j] = s[idx[0] + j]
+    new0[j] = row0[j] - n * dd[j]
+  end
+  new0[0] = n
+  local out = {}
+  for i = 0, d do
+    for j = i, d do
+      out[idx[i] + j] = s[idx[i] + j] - dd[i] * new0[j] - dd[j] * row0[i]
+    end
+  end
+  return out
 end
 
 for _, m in ipairs(mats) do
-  local key, field, d, blob, cur = m[1], m[2], m[3], m[4], m[5]
+  local key, field, d, blob, cur, base = m[1], m[2], m[3], m[4], m[5], m[6]
   if not cur then
     redis.call('HSET', key, field, blob)
   else
     local head = 8 * d
-    local count = (string.len(blob) - head) / 8
-    local out = {string.sub(cur, 1, head)}
-    for j = 0, count - 1 do
-      local pos = head + 8 * j + 1
-      out[#out + 1] = struct.pack('<d', struct.unpack('<d', cur, pos) + struct.unpack('<d', blob, pos))
+    local s = unpack_sums(cur, d)
+    if base ~= '' then
+      s = recentre(s, cur, blob, d)
+    end
+    local out = {string.sub(blob, 1, head)}
+    for j = 1, #s do
+      out[#out + 1] = struct.pack('<d', s[j] + struct.unpack('<d', blob, head + 8 * (j - 1) + 1))
     end
     redis.call('HSET', key, field, table.concat(out))
   end

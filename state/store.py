@@ -35,6 +35,8 @@ class BatchWrite:
     # topic, offset the owner believes is stored (None: none yet), next offset to store
     offsets: list[tuple[str, int | None, int]] = field(default_factory=list)
     matrices: dict[tuple[str, str], tuple[FloatArray, FloatArray]] = field(default_factory=dict)
+    # the stored shift a matrix is re-centred from (its delta is around the new shift)
+    matrix_bases: dict[tuple[str, str], FloatArray] = field(default_factory=dict)
     units: dict[tuple[str, int, str], bytes] = field(default_factory=dict)  # exp,bucket,unit
     pending_set: dict[str, bytes] = field(default_factory=dict)
     pending_del: set[str] = field(default_factory=set)
@@ -76,6 +78,13 @@ class PartitionStore:
     def matrix_shifts(self, partition: int, experiment: str, width: int) -> dict[str, FloatArray]:
         raw: Any = self.client.hgetall(keys.matrices(partition, experiment))
         return {_text(k): np.frombuffer(v[:8 * width], dtype="<f8").astype(np.float64)
+                for k, v in raw.items()}
+
+    def matrix_states(self, partition: int, experiment: str, columns: Sequence[str]
+                      ) -> dict[str, MomentMatrix]:
+        """The stored matrices of one experiment in one partition, per variation."""
+        raw: Any = self.client.hgetall(keys.matrices(partition, experiment))
+        return {_text(k): MomentMatrix.from_array(columns, np.frombuffer(v, dtype="<f8"))
                 for k, v in raw.items()}
 
     def read_units(self, partition: int, experiment: str, units: Sequence[str], buckets: int
@@ -163,7 +172,9 @@ class PartitionStore:
         for (exp, variation), (shift, delta) in w.matrices.items():
             iu = np.triu_indices(len(shift) + 1)
             blob = np.concatenate([shift, delta[iu]]).astype("<f8").tobytes()
-            args += [k(keys.matrices(p, exp)), variation, len(shift), blob]
+            base = w.matrix_bases.get((exp, variation))
+            args += [k(keys.matrices(p, exp)), variation, len(shift), blob,
+                     "" if base is None else np.asarray(base, dtype="<f8").tobytes()]
         sets = [(keys.units(p, e, b), u, v) for (e, b, u), v in w.units.items()]
         sets += [(keys.pending(p), u, v) for u, v in w.pending_set.items()]
         args.append(len(sets))

@@ -30,12 +30,13 @@ from typing import NamedTuple, Protocol
 import msgspec
 import numpy as np
 
-from estimators.moments import FloatArray
+from estimators.moments import FloatArray, MomentMatrix
 from state import keys
 from state.layout import ExperimentLayout
 from state.store import BatchWrite, PartitionStore
 from state.units import WITHDRAWN, UnitState
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
+from stream.shifts import initial_shift, next_shift, recentre_sums
 
 
 class RawRecord(NamedTuple):
@@ -113,7 +114,8 @@ class BatchBuilder:
         self.max_pending = max_pending
         self.layouts: dict[str, ExperimentLayout] = {}
         self._routes: dict[str, list[str]] = {}
-        self._shifts: dict[tuple[int, str], dict[str, FloatArray]] = {}
+        # (partition, experiment) → variation → the stored matrix as this builder last wrote it
+        self._shifts: dict[tuple[int, str], dict[str, MomentMatrix]] = {}
 
     def set_experiments(self, layouts: Mapping[str, ExperimentLayout]) -> None:
         self.layouts = dict(layouts)
@@ -381,20 +383,35 @@ class BatchBuilder:
             lay = self.layouts[x]
             new_u = lay.unit_vectors(np.asarray(new, dtype=np.float64).reshape(-1, lay.width))
             old_u = lay.unit_vectors(np.asarray(old, dtype=np.float64).reshape(-1, lay.width))
-            shift = self._shift(p, x, variation, new_u if len(new_u) else old_u)
-            w.matrices[(x, variation)] = (shift, _outer_sum(new_u, shift)
-                                          - _outer_sum(old_u, shift))
+            shift, delta, base = self._shifted_delta(p, x, variation, new_u, old_u)
+            w.matrices[(x, variation)] = (shift, delta)
+            if base is not None:
+                w.matrix_bases[(x, variation)] = base
 
-    def _shift(self, p: int, experiment: str, variation: str, vectors: FloatArray
-               ) -> FloatArray:
+    def _shifted_delta(self, p: int, experiment: str, variation: str, new_u: FloatArray,
+                       old_u: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+        """The batch's change of one stored matrix around the shift it is stored with, and
+        the stored shift it re-centres from when a column's mean drifted (stream.shifts)."""
+        columns = self.layouts[experiment].columns
         cache = self._shifts.get((p, experiment))
-        width = self.layouts[experiment].width
         if cache is None:
-            cache = self.store.matrix_shifts(p, experiment, width)
+            cache = self.store.matrix_states(p, experiment, columns)
             self._shifts[(p, experiment)] = cache
-        if variation not in cache:
-            cache[variation] = np.mean(vectors, axis=0)
-        return cache[variation]
+        stored = cache.get(variation)
+        if stored is None:
+            shift = initial_shift(new_u if len(new_u) else old_u)
+            delta = _outer_sum(new_u, shift) - _outer_sum(old_u, shift)
+            cache[variation] = MomentMatrix(columns, shift, delta)
+            return shift, delta, None
+        delta = _outer_sum(new_u, stored.shift) - _outer_sum(old_u, stored.shift)
+        moved = next_shift(stored.shift, stored.sums + delta)
+        if moved is None:
+            cache[variation] = MomentMatrix(columns, stored.shift, stored.sums + delta)
+            return stored.shift, delta, None
+        delta = _outer_sum(new_u, moved) - _outer_sum(old_u, moved)
+        sums = recentre_sums(stored.sums, stored.shift, moved) + delta
+        cache[variation] = MomentMatrix(columns, moved, sums)
+        return moved, delta, stored.shift
 
 
 def _outer_sum(vectors: FloatArray, shift: FloatArray) -> FloatArray:

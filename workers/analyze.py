@@ -3,6 +3,13 @@
 Rows are units. One moment matrix per (slice, variation) is built in a single vectorised pass
 (:func:`estimators.grouped.grouped_moments`); every slice then goes through the same
 :func:`estimators.analysis.analyze_metric` that serves streaming results, so the numbers agree.
+
+Missing values (an empty cell, whitespace, or a pandas NA token such as ``NA``) follow
+``--missing``: ``error`` (default) names the column, the count and the first data row;
+``drop`` analyses the rows complete in every column used and says how many it dropped (a
+``rows_dropped`` entry in the document's top-level ``warnings``); ``zero`` counts a missing
+metric or covariate value as 0. A missing variation, ``--by`` or ``--timeline`` value is never
+filled: it is an error, or its row is dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -25,6 +32,15 @@ from estimators.report import Correction, slice_document
 
 class InputError(ValueError):
     """Bad input: the message names the column or value to fix."""
+
+
+Missing = Literal["error", "drop", "zero"]
+MISSING_CHOICES: tuple[Missing, ...] = ("error", "drop", "zero")
+_SHOWN = 60  # longest value or name quoted in a message
+_LISTED = 20  # most names listed in a message
+#: Largest |value| accepted: the estimators use up to fourth powers of values (variances of
+#: variances, Welch degrees of freedom), which must stay finite in float64 (max ≈ 1.8e308).
+MAX_ABS_VALUE = 1e75
 
 
 @dataclass(frozen=True)
@@ -57,12 +73,23 @@ class AnalyzeRequest:
     correction: Correction | None = None
     past: tuple[dict[str, Any], ...] | None = None  # finished-experiment records: empirical prior
     prior_sigmas: dict[str, float] | None = None  # per metric (set from ``past``)
+    missing: Missing = "error"
 
     def __post_init__(self) -> None:
         if not self.metrics and not self.ratios:
             raise InputError("give at least one --metric or --ratio")
         if self.points < 1:
             raise InputError(f"--points must be ≥ 1, got {self.points}")
+        if self.missing not in MISSING_CHOICES:
+            raise InputError(f"--missing must be one of {', '.join(MISSING_CHOICES)}, "
+                             f"got {_brief(self.missing)}")
+        _check_roles(self)
+
+    @property
+    def label_columns(self) -> list[str]:
+        """Columns that name a unit's group or place: never filled with 0."""
+        return list(dict.fromkeys([self.variation, *self.by,
+                                   *([self.timeline] if self.timeline else [])]))
 
     @property
     def value_columns(self) -> list[str]:
@@ -74,6 +101,61 @@ class AnalyzeRequest:
             if c not in cols:
                 cols.append(c)
         return cols
+
+
+def _check_roles(req: AnalyzeRequest) -> None:
+    """Each column takes one role (a metric column may also be a ratio's part); nothing is
+    given twice."""
+    names: set[str] = set()
+    for m in req.metrics:
+        if m.column in names:
+            raise InputError(f"metric {_brief(m.column)} is given twice")
+        names.add(m.column)
+    for r in req.ratios:
+        if r.name in names:
+            raise InputError(f"ratio name {_brief(r.name)} is already a metric or ratio name")
+        names.add(r.name)
+        if r.numerator == r.denominator:
+            raise InputError(f"ratio {_brief(r.name)}: numerator and denominator are the same "
+                             f"column {_brief(r.numerator)}")
+    roles: dict[str, str] = {}
+
+    def claim(column: str, role: str) -> None:
+        before = roles.get(column)
+        if before is None:
+            roles[column] = role
+            return
+        if before == role:
+            raise InputError(f"column {_brief(column)} is given twice as {role}")
+        raise InputError(f"column {_brief(column)} is given as {before} and as {role}; "
+                         f"a column takes one role")
+
+    claim(req.variation, "--variation")
+    for c in req.by:
+        claim(c, "--by")
+    for c in dict.fromkeys([*(m.column for m in req.metrics),
+                            *(x for r in req.ratios for x in (r.numerator, r.denominator))]):
+        claim(c, "--metric/--ratio")  # listed once: a metric may also be a ratio's part
+    for c in req.covariates:
+        claim(c, "--covariate")
+    if req.prediction:
+        claim(req.prediction, "--prediction")
+    for c in req.in_experiment:
+        claim(c, "--in-experiment")
+
+
+def _brief(value: Any, limit: int = _SHOWN) -> str:
+    """``repr`` of a name or cell, one line, at most ``limit`` characters."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = repr(value) if isinstance(value, str) else str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _listing(values: Sequence[Any]) -> str:
+    shown = ", ".join(_brief(str(v), 30) for v in values[:_LISTED])
+    return shown + (f", … ({len(values)} in all)" if len(values) > _LISTED else "")
 
 
 def parse_metric(text: str) -> MetricColumn:
@@ -105,54 +187,150 @@ def parse_weights(text: str) -> dict[str, float]:
     return out
 
 
-def read_table(path: str, columns: Sequence[str]) -> pd.DataFrame:
+def read_table(path: str, columns: Sequence[str], text_columns: Sequence[str] = ()
+               ) -> pd.DataFrame:
+    """The used ``columns`` of a CSV file; ``text_columns`` are read as text, as written."""
     try:
         header = pd.read_csv(path, nrows=0)
     except FileNotFoundError:
-        raise InputError(f"file not found: {path}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read {path} as CSV: {exc}") from None
+        raise InputError(f"file not found: {_brief(path)}") from None
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot read {_brief(path)} as CSV: {_brief(exc, 200)}") from None
     missing = [c for c in columns if c not in header.columns]
     if missing:
-        raise InputError(f"column {missing[0]!r} not found in {path} "
-                         f"(columns: {', '.join(map(str, header.columns))})")
-    return pd.read_csv(path, usecols=list(dict.fromkeys(columns)), low_memory=False)
+        raise InputError(f"column {_brief(missing[0])} not found in {_brief(path)} "
+                         f"(columns: {_listing(list(header.columns))})")
+    try:
+        return pd.read_csv(path, usecols=list(dict.fromkeys(columns)), low_memory=False,
+                           dtype={c: str for c in text_columns})
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(f"cannot read {_brief(path)} as CSV: {_brief(exc, 200)}") from None
 
 
-def numeric_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+def missing_mask(s: pd.Series) -> np.ndarray:
+    """Cells that are missing: NA, or text that is empty or only whitespace."""
+    mask = np.array(s.isna(), dtype=bool)
+    if str(s.dtype).startswith("str"):
+        mask |= np.array(s.str.strip().eq("").fillna(False), dtype=bool)
+    elif s.dtype == object:  # mixed cells: only text can be blank
+        text = s.where(~mask, "x").astype(str).str.strip()
+        mask |= np.array(text == "", dtype=bool)
+    return mask
+
+
+def missing_message(column: str, mask: np.ndarray, rows: np.ndarray | None = None) -> str:
+    """``column 'y' has 3 missing values (first in data row 17)``."""
+    k = int(mask.sum())
+    first = int(np.argmax(mask))
+    row = int(rows[first]) if rows is not None else first + 1
+    return (f"column {_brief(column)} has {k} missing value{'s' if k != 1 else ''} "
+            f"(first in data row {row})")
+
+
+def numeric_column(frame: pd.DataFrame, column: str, fill: float | None = None,
+                   rows: np.ndarray | None = None) -> np.ndarray:
+    """A column as float64: ``true``/``false`` text as 1/0; missing cells are ``fill`` (an
+    error when ``None``). ``rows``: each row's data-row number, for messages."""
     s = frame[column]
-    if s.dtype == bool:
-        return s.to_numpy(dtype=np.float64)
-    if s.dtype == object or str(s.dtype).startswith("str"):
-        lowered = s.astype(str).str.strip().str.lower()
-        if lowered.isin(["true", "false"]).all():
-            return (lowered == "true").to_numpy(dtype=np.float64)
-    values = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+    missing = missing_mask(s)
+    if missing.any() and fill is None:
+        raise InputError(missing_message(column, missing, rows))
+    values = _floats(s, missing)
+    values[missing] = fill if fill is not None else np.nan
     bad = ~np.isfinite(values)
     if bad.any():
-        row = int(np.argmax(bad))
-        raise InputError(f"column {column!r} is not numeric: value {s.iloc[row]!r} "
-                         f"in data row {row + 1}")
+        i = int(np.argmax(bad))
+        row = int(rows[i]) if rows is not None else i + 1
+        cell = s.iloc[i]
+        if isinstance(cell, (int, float, np.number)) or _is_number(cell):
+            raise InputError(f"column {_brief(column)} has a non-finite value "
+                             f"{_brief(cell)} in data row {row}")
+        raise InputError(f"column {_brief(column)} is not numeric: value {_brief(cell)} "
+                         f"in data row {row}")
+    big = np.abs(values) > MAX_ABS_VALUE
+    if big.any():
+        i = int(np.argmax(big))
+        row = int(rows[i]) if rows is not None else i + 1
+        raise InputError(f"column {_brief(column)} has a value too large for the float64 "
+                         f"statistics: {_brief(s.iloc[i])} in data row {row} (limit "
+                         f"±{MAX_ABS_VALUE:g}; rescale the column)")
     return values
+
+
+def _floats(s: pd.Series, missing: np.ndarray) -> np.ndarray:
+    if s.dtype == bool or (isinstance(s.dtype, np.dtype) and s.dtype.kind in "iuf"):
+        return np.array(s.to_numpy(dtype=np.float64), dtype=np.float64)  # a writable copy
+    if s.dtype == object or str(s.dtype).startswith("str"):
+        present = s.astype(object)[~missing]
+        lowered = present.astype(str).str.strip().str.lower()
+        if len(present) and lowered.isin(["true", "false"]).all():
+            out = np.zeros(len(s))
+            out[~missing] = (lowered == "true").to_numpy(dtype=np.float64)
+            return out
+    out_values: np.ndarray = pd.to_numeric(s.astype(object).where(~missing, np.nan),
+                                           errors="coerce").to_numpy(dtype=np.float64)
+    return out_values.copy()
+
+
+def _is_number(cell: Any) -> bool:
+    try:
+        float(str(cell))
+    except ValueError:
+        return False
+    return True
 
 
 def analyze_file(path: str, req: AnalyzeRequest) -> dict[str, Any]:
     """The result document for a CSV file."""
-    cols = [req.variation, *req.by, *([req.timeline] if req.timeline else []),
-            *req.value_columns]
-    frame = read_table(path, cols)
+    cols = [*req.label_columns, *req.value_columns]
+    labels = [req.variation, *req.by]
+    frame = read_table(path, cols, text_columns=labels)
     return analyze_frame(frame, req)
 
 
+def complete_rows(frame: pd.DataFrame, req: AnalyzeRequest
+                  ) -> tuple[pd.DataFrame, np.ndarray, list[dict[str, str]]]:
+    """Apply ``req.missing``: the rows to analyse, their data-row numbers, and warnings."""
+    rows = np.arange(1, len(frame) + 1)
+    masks = {c: missing_mask(frame[c]) for c in [*req.label_columns, *req.value_columns]}
+    holes = {c: m for c, m in masks.items() if m.any()}
+    if not holes:
+        return frame, rows, []
+    if req.missing == "error" or (req.missing == "zero" and
+                                  any(c in holes for c in req.label_columns)):
+        column = next(iter(holes))
+        if column in req.label_columns:
+            hint = "use --missing drop to skip those rows (labels are never filled with 0)"
+        else:
+            hint = ("use --missing drop to analyse the complete rows, or --missing zero to "
+                    "count them as 0")
+        raise InputError(f"{missing_message(column, holes[column])}; {hint}")
+    if req.missing == "zero":
+        return frame, rows, []  # numeric_column fills them
+    drop = np.logical_or.reduce(list(holes.values()))
+    k = int(drop.sum())
+    if k == len(frame):
+        raise InputError(f"every row has a missing value in the columns used "
+                         f"({_listing(list(holes))}); nothing left to analyse")
+    per = ", ".join(f"{_brief(c, 30)}: {int(m.sum())}" for c, m in list(holes.items())[:_LISTED])
+    warning = {"code": "rows_dropped",
+               "detail": f"{k} of {len(frame)} rows dropped for missing values ({per})"}
+    return frame[~drop], rows[~drop], [warning]
+
+
 def analyze_frame(frame: pd.DataFrame, req: AnalyzeRequest) -> dict[str, Any]:
+    frame, rows, warnings = complete_rows(frame, req)
     variation = frame[req.variation].astype(str).to_numpy()
     present = sorted(set(variation.tolist()))
+    if not len(frame):
+        raise InputError("no data rows to analyse")
     if req.control not in present:
-        raise InputError(f"control {req.control!r} not found in column {req.variation!r} "
-                         f"(values: {', '.join(present[:20])})")
+        raise InputError(f"control {_brief(req.control)} not found in column "
+                         f"{_brief(req.variation)} (values: {_listing(present)})")
     variations = [req.control, *(v for v in present if v != req.control)]
     weights = _weights(req, variations)
-    values = np.column_stack([numeric_column(frame, c) for c in req.value_columns])
+    fill = 0.0 if req.missing == "zero" else None
+    values = np.column_stack([numeric_column(frame, c, fill, rows) for c in req.value_columns])
     specs = _specs(req, values)
     var_id = pd.Categorical(variation, categories=variations).codes.astype(np.intp)
 
@@ -171,7 +349,7 @@ def analyze_frame(frame: pd.DataFrame, req: AnalyzeRequest) -> dict[str, Any]:
     shift = values.mean(axis=0) if len(values) else None
     nv = len(variations)
     mats = grouped_moments(names, values, slice_id * nv + var_id, len(slice_keys) * nv, shift)
-    order = frame[req.timeline].to_numpy() if req.timeline else None
+    order = _order(frame[req.timeline]) if req.timeline else None
 
     prior_doc, req = _empirical(req, specs)
     slices = []
@@ -183,7 +361,7 @@ def analyze_frame(frame: pd.DataFrame, req: AnalyzeRequest) -> dict[str, Any]:
             doc["timeline"] = _timeline(rows, order, values, var_id, variations, weights,
                                         specs, req, names, shift)
         slices.append(doc)
-    return {**prior_doc, "slices": slices}
+    return {"warnings": warnings, **prior_doc, "slices": slices}
 
 
 def _empirical(req: AnalyzeRequest, specs: list[MetricSpec]
@@ -199,15 +377,23 @@ def _empirical(req: AnalyzeRequest, specs: list[MetricSpec]
     return {"prior": learned.prior_document(est, recs)}, replace(req, prior_sigmas=sigmas)
 
 
+def _order(s: pd.Series) -> np.ndarray:
+    """Timeline keys that sort: numbers if every value is one, else the text as written."""
+    numbers = pd.to_numeric(s, errors="coerce")
+    if not numbers.isna().any():
+        return numbers.to_numpy()
+    return s.astype(str).to_numpy()
+
+
 def _weights(req: AnalyzeRequest, variations: list[str]) -> list[float] | None:
     if req.weights is None:
         return None
     unknown = [k for k in req.weights if k not in variations]
     if unknown:
-        raise InputError(f"weight for unknown variation {unknown[0]!r}")
+        raise InputError(f"weight for unknown variation {_brief(unknown[0])}")
     missing = [v for v in variations if v not in req.weights]
     if missing:
-        raise InputError(f"no weight given for variation {missing[0]!r}")
+        raise InputError(f"no weight given for variation {_brief(missing[0])}")
     return [req.weights[v] for v in variations]
 
 

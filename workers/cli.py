@@ -70,10 +70,13 @@ def _analyze(args: argparse.Namespace) -> int:
             weights=parse_weights(args.weights) if args.weights else None,
             by=tuple(c for part in args.by for c in part.split(",") if c),
             timeline=args.timeline, points=args.points, settings=settings,
-            correction=args.correction, past=_past(args))
+            correction=args.correction, past=_past(args), missing=args.missing)
         doc = analyze_file(args.file, req)
     except (InputError, ValueError) as exc:
         return _fail("analyze", str(exc))
+    except ArithmeticError as exc:  # float64 range, e.g. squares of 1e-160 underflow to 0
+        return _fail("analyze", f"a statistic left the float64 range ({type(exc).__name__}: "
+                                f"{exc}); rescale the columns")
     _emit(doc, args.format, render)
     return 0
 
@@ -172,6 +175,9 @@ def add_analyze_parser(sub: argparse._SubParsersAction[Any]) -> None:
                    help="prior σ: --prior-sigma, or estimated per metric from --past results")
     p.add_argument("--past", help="past results (JSON records or CSV experiment,metric,"
                                   "rel_effect,rel_se) for --prior empirical")
+    p.add_argument("--missing", choices=["error", "drop", "zero"], default="error",
+                   help="missing values: error (default), drop incomplete rows, or count a "
+                        "missing metric/covariate value as 0")
     _add_analysis_options(p)
     p.set_defaults(handler=_analyze)
 

@@ -20,7 +20,8 @@ def _ci(lo: Any, hi: Any) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
-    lines: list[str] = []
+    lines: list[str] = [f"warning [{w['code']}]: {w['detail']}"
+                        for w in doc.get("warnings", [])]
     dec = doc.get("decision")
     if dec:
         lines += [f"decision: {dec['recommendation']}", *(f"  - {r}" for r in dec["reasons"]), ""]
