@@ -26,6 +26,7 @@ class Estimate:
     rel_effect: float | None = None
     rel_ci_low: float | None = None
     rel_ci_high: float | None = None
+    rel_se: float | None = None  # delta-method SE of rel_effect (the interval is Fieller's)
     seq_ci_low: float | None = None
     seq_ci_high: float | None = None
     seq_p_value: float | None = None
@@ -37,6 +38,7 @@ class Estimate:
     treatment_se: float | None = None
     control_se: float | None = None
     adjusted_p_value: float | None = None
+    adjusted_seq_p_value: float | None = None
     biased: bool = False
     note: str | None = None
 

@@ -15,8 +15,9 @@ checks four conditions. An alert is emitted only when a condition *becomes* true
                    revenue); a lower-is-better quantity must be defined so that a decrease is
                    bad, because the definition format has no per-guardrail direction yet.
                    Fires once per guardrail × treatment.
-``srm``            sample-ratio mismatch: ``srm.sequential_p_value < 0.001`` or ``srm.flagged``.
-                   Fires once per experiment.
+``srm``            sample-ratio mismatch: ``srm.flagged``, the anytime-valid decision
+                   (``srm.sequential_p_value < 0.001``; the χ² p-value is only reported, since
+                   checked at every poll it would raise false alarms). Fires once per experiment.
 ``stale``          nothing changed (arm sizes, metric means, ingest counters) for
                    ``LIFTSTREAM_STALE_AFTER_SECONDS`` of wall-clock time while the experiment is
                    running and inside its window. Fires again after data resumed and stalled
@@ -176,7 +177,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
                         {**f, "direction": "negative"}))
     srm = sl.get("srm") or {}
     seq_p = srm.get("sequential_p_value")
-    srm_now = bool(srm.get("flagged")) or (seq_p is not None and seq_p < SRM_THRESHOLD)
+    srm_now = bool(srm.get("flagged"))
     if srm_now and not states.get("srm", {}).get("fired"):
         counts = {v["name"]: v["n"] for v in sl["variations"]}
         weights = dict(zip(d.variations, d.weights, strict=True))
