@@ -15,7 +15,14 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from estimators import bayes
-from estimators.contrast import Contrast, Inference, NotEstimable, to_estimate, with_reduction
+from estimators.contrast import (
+    ONE_ARM_NOTE,
+    Contrast,
+    Inference,
+    NotEstimable,
+    to_estimate,
+    with_reduction,
+)
 from estimators.lin_crespo import lin_crespo, residual_by_covariates, residual_by_prediction
 from estimators.moments import MomentMatrix
 from estimators.proxy import DEFAULT_RIDGE, proxy_estimate
@@ -183,6 +190,9 @@ def _compare(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, treatment: st
     if pre or pred or cands:
         out["adjusted"] = run("adjusted", lambda: _adjusted(*pair(pre + pred + selected)))
 
+    one_arm = None if blocker else _one_arm_constant(spec, mt, mc)
+    if one_arm:
+        out = {k: _without_se(v, one_arm) for k, v in out.items()}
     base = out["diff"]
     out = {k: (v if k == "diff" else with_reduction(v, base)) for k, v in out.items()}
     if base.ok and base.se:
@@ -204,6 +214,27 @@ def _blocker(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix) -> str | None
                 return (f"denominator {spec.denominator!r} sums to 0 in the {label} arm: "
                         "the ratio is undefined")
     return None
+
+
+def _one_arm_constant(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix) -> str | None:
+    """The note when the outcome is constant in exactly one arm (issue 12, item 3).
+
+    That arm's sampling variance cannot be estimated: its sample variance is 0, and the
+    adjusted estimators would replace it by the covariates' share alone (an underestimate),
+    so every estimator keeps its effect and means but reports no SE, interval or p-value.
+    """
+    zero = [_summary(spec, m, []).y_constant for m in (mt, mc)]
+    if zero[0] == zero[1]:
+        return None
+    return ONE_ARM_NOTE.format(arm="treatment" if zero[0] else "control")
+
+
+def _without_se(e: Estimate, note: str) -> Estimate:
+    if e.effect is None:
+        return e
+    return Estimate(e.estimator, effect=e.effect, treatment_mean=e.treatment_mean,
+                    control_mean=e.control_mean, r_squared=e.r_squared, biased=e.biased,
+                    note=note)
 
 
 def _adjusted(t: ArmSummary, c: ArmSummary) -> Contrast:

@@ -70,7 +70,8 @@ class Inference:
 _ULP_FLOOR = 4.0 * 2.0**-53
 
 ONE_ARM_NOTE = ("zero variance in the {arm} arm only: the sampling variance of its mean "
-                "cannot be estimated from the data, so no SE, interval or p-value is given")
+                "cannot be estimated from the data, so no SE, interval or p-value is given "
+                "(not estimable rather than a p-value that pretends certainty)")
 
 
 def to_estimate(name: str, c: Contrast, inf: Inference) -> Estimate:
