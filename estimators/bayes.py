@@ -216,10 +216,15 @@ def beta_difference(at: float, bt: float, ac: float, bc: float, alpha: float = 0
 
 
 def _quantile(cdf: Callable[[float], float], q: float, mu: float, sd: float) -> float:
-    """Solve ``cdf(d) = q`` on [−1, 1], bracketing first around the normal approximation."""
-    lo, hi = max(-1.0, mu - 10.0 * sd), min(1.0, mu + 10.0 * sd)
-    if cdf(lo) > q:
-        lo = -1.0
-    if cdf(hi) < q:
-        hi = 1.0
+    """Solve ``cdf(d) = q`` on [−1, 1] by Brent's method, bracketing around the normal
+    approximation's quantile (widened until it brackets; at most the whole range)."""
+    guess = mu + _STANDARD.inv_cdf(q) * sd
+    width = max(sd, 1e-12)
+    lo, hi = max(-1.0, guess - width), min(1.0, guess + width)
+    while lo > -1.0 and cdf(lo) > q:
+        width *= 4.0
+        lo = max(-1.0, guess - width)
+    while hi < 1.0 and cdf(hi) < q:
+        width *= 4.0
+        hi = min(1.0, guess + width)
     return float(optimize.brentq(lambda d: cdf(d) - q, lo, hi, xtol=QUAD_TOLERANCE))
