@@ -27,8 +27,11 @@ within its bound is constant (:attr:`cov` snaps its row and column to exact zero
 ``== 0`` guard downstream sees the zero that is in the data. The bound counts every unit
 once; a unit updated or reverted many times adds that many terms (the bound then
 under-counts by the same factor), and a matrix re-centred from a distant shift keeps the
-error of that shift. ``γ_{n+2}`` is the worst case: a real mean below it (``< 2e-10``
-standard deviations at a million units) is indistinguishable from rounding and is reported as 0.
+error of that shift. ``γ_{n+2}`` is the worst case, and it is needed: a zero column summed
+around a shift adds ``n`` identical terms, whose rounding errors are correlated and grow like
+``n·u`` (a million zeros around 0.015 leave a residue of 1.9e-13, ten times a probabilistic
+``√n·u`` bound, inside ``γ_n``'s 1.7e-12). A real mean below the bound (``< 2e-10`` standard
+deviations at a million units) is indistinguishable from rounding and is reported as 0.
 
 >>> import numpy as np
 >>> a = MomentMatrix.from_rows(("y",), np.array([[1.0], [2.0]]))
