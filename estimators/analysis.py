@@ -15,7 +15,14 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from estimators import bayes
-from estimators.contrast import Contrast, Inference, NotEstimable, to_estimate, with_reduction
+from estimators.contrast import (
+    ONE_ARM_NOTE,
+    Contrast,
+    Inference,
+    NotEstimable,
+    to_estimate,
+    with_reduction,
+)
 from estimators.lin_crespo import lin_crespo, residual_by_covariates, residual_by_prediction
 from estimators.moments import MomentMatrix
 from estimators.proxy import DEFAULT_RIDGE, proxy_estimate
@@ -162,13 +169,18 @@ def _compare(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, treatment: st
     def pair(columns: Sequence[str]) -> tuple[ArmSummary, ArmSummary]:
         return _summary(spec, mt, columns), _summary(spec, mc, columns)
 
-    out: dict[str, Estimate] = {"diff": _run("diff", lambda: diff(*pair([])), inf)}
+    blocker = _blocker(spec, mt, mc)
+
+    def run(name: str, fn: Callable[[], Contrast]) -> Estimate:
+        return Estimate(name, note=blocker) if blocker else _run(name, fn, inf)
+
+    out: dict[str, Estimate] = {"diff": run("diff", lambda: diff(*pair([])))}
     if pre:
-        out["cuped"] = _run("cuped", lambda: cuped(*pair(pre)), inf)
+        out["cuped"] = run("cuped", lambda: cuped(*pair(pre)))
     if pred:
-        out["cupac"] = _run("cupac", lambda: cupac(*pair(pred)), inf)
+        out["cupac"] = run("cupac", lambda: cupac(*pair(pred)))
     if pre or pred:
-        out["mlrate"] = _run("mlrate", lambda: mlrate(*pair(pre + pred)), inf)
+        out["mlrate"] = run("mlrate", lambda: mlrate(*pair(pre + pred)))
 
     checks: tuple[CovariateCheck, ...] = ()
     selected: list[str] = []
@@ -179,18 +191,56 @@ def _compare(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, treatment: st
             checks = tuple(replace(ch, selected=ch.name in s.preselected and ch.note is None)
                            for ch in checks)
         selected = [c.name for c in checks if c.selected]
-        out["lin_crespo"] = _run("lin_crespo",
-                                 lambda: _lin_crespo(spec, mt, mc, pre, pred, selected), inf)
+        out["lin_crespo"] = run("lin_crespo",
+                                lambda: _lin_crespo(spec, mt, mc, pre, pred, selected))
     if pre or pred or cands:
-        out["adjusted"] = _run("adjusted", lambda: _adjusted(*pair(pre + pred + selected)), inf)
+        out["adjusted"] = run("adjusted", lambda: _adjusted(*pair(pre + pred + selected)))
 
+    one_arm = None if blocker else _one_arm_constant(spec, mt, mc)
+    if one_arm:
+        out = {k: _without_se(v, one_arm) for k, v in out.items()}
     base = out["diff"]
     out = {k: (v if k == "diff" else with_reduction(v, base)) for k, v in out.items()}
     if base.ok and base.se:
         out["diff"] = replace(base, variance_reduction=0.0, ci_width_ratio=1.0)
-    comp = Comparison(treatment, control, out, checks, _bayes(spec, out, mt, mc, s),
+    comp = Comparison(treatment, control, out, checks, _bayes(spec, out, mt, mc, s, blocker),
                       _diagnostics(spec, mt, mc, pre + pred))
     return comp
+
+
+def _blocker(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix) -> str | None:
+    """Why no estimator (and no posterior) can be computed for this pair of arms, if so."""
+    for label, m in (("treatment", mt), ("control", mc)):
+        if m.n < 2:
+            return f"{label} arm has {m.n} unit(s); at least 2 are needed"
+    if spec.kind == "ratio":
+        assert spec.denominator
+        for label, m in (("treatment", mt), ("control", mc)):
+            if float(m.mean[m.index(spec.denominator)]) == 0.0:
+                return (f"denominator {spec.denominator!r} sums to 0 in the {label} arm: "
+                        "the ratio is undefined")
+    return None
+
+
+def _one_arm_constant(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix) -> str | None:
+    """The note when the outcome is constant in exactly one arm (issue 12, item 3).
+
+    That arm's sampling variance cannot be estimated: its sample variance is 0, and the
+    adjusted estimators would replace it by the covariates' share alone (an underestimate),
+    so every estimator keeps its effect and means but reports no SE, interval or p-value.
+    """
+    zero = [_summary(spec, m, []).y_constant for m in (mt, mc)]
+    if zero[0] == zero[1]:
+        return None
+    return ONE_ARM_NOTE.format(arm="treatment" if zero[0] else "control")
+
+
+def _without_se(e: Estimate, note: str) -> Estimate:
+    if e.effect is None:
+        return e
+    return Estimate(e.estimator, effect=e.effect, treatment_mean=e.treatment_mean,
+                    control_mean=e.control_mean, r_squared=e.r_squared, biased=e.biased,
+                    note=note)
 
 
 def _adjusted(t: ArmSummary, c: ArmSummary) -> Contrast:
@@ -218,13 +268,20 @@ def _lin_crespo(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, pre: list[
 
 
 def _bayes(spec: MetricSpec, out: dict[str, Estimate], mt: MomentMatrix, mc: MomentMatrix,
-           s: AnalysisSettings) -> BayesResult:
+           s: AnalysisSettings, blocker: str | None = None) -> BayesResult:
+    """The posterior of the primary estimate; null with the same note when it is null.
+
+    The beta–binomial posterior needs no sample variance, so it is computed whenever the
+    binary ``diff`` has an effect (also when one arm has zero variance and no SE).
+    """
     primary = Comparison("", "", out, (), BayesResult("", "")).primary
     if spec.kind == "binary" and primary.estimator == "diff":
+        if blocker or primary.effect is None:
+            return BayesResult("beta-binomial", "diff",
+                               note=blocker or primary.note or "no estimate available")
         assert spec.outcome
         i_t, i_c = mt.index(spec.outcome), mc.index(spec.outcome)
-        x_t = float(mt.mean[i_t]) * mt.n if mt.n else 0.0
-        x_c = float(mc.mean[i_c]) * mc.n if mc.n else 0.0
+        x_t, x_c = round(float(mt.mean[i_t]) * mt.n), round(float(mc.mean[i_c]) * mc.n)
         return bayes.beta_binomial(x_t, mt.n, x_c, mc.n, s.prior_sigma, s.alpha)
     if not primary.ok or primary.treatment_mean is None or primary.control_mean is None:
         return BayesResult("normal-normal", primary.estimator,
@@ -247,7 +304,7 @@ def _diagnostics(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix,
     if spec.prediction:
         both = (mt + mc)
         sm = _summary(spec, both, [spec.prediction])
-        constant = sm.n < 2 or any(is_constant(float(sm.cov[j, j]), float(sm.mean[j]))
+        constant = sm.n < 2 or any(is_constant(float(sm.cov[j, j]), float(sm.bound[j, j]))
                                    for j in (0, 1))
         corr = None if constant else float(sm.cov[0, 1] / math.sqrt(sm.cov[0, 0] * sm.cov[1, 1]))
     imbalance = any(ch.p_value is not None and ch.p_value < IMBALANCE_THRESHOLD for ch in checks)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from estimators.contrast import Contrast
-from estimators.regression import cuped, diff, pooled_cov, pooled_mean, solve_slopes
+from estimators.regression import cuped, diff, pooled_bound, pooled_cov, solve_slopes
 from estimators.summary import ArmSummary
 
 
 def _transform(s: ArmSummary, a: np.ndarray) -> ArmSummary:
-    return ArmSummary(s.n, a @ s.mean, a @ s.cov @ a.T)
+    return s.transformed(a)
 
 
 def residual_by_prediction(s: ArmSummary) -> ArmSummary:
@@ -32,7 +32,7 @@ def residual_by_covariates(t: ArmSummary, c: ArmSummary, k: int
                            ) -> tuple[ArmSummary, ArmSummary]:
     """``(y, x_1..x_k, z…) → (y − θᵀx, z…)`` with θ pooled over both arms."""
     s = pooled_cov(t, c)
-    theta = solve_slopes(s[1:k + 1, 1:k + 1], s[1:k + 1, 0], pooled_mean(t, c)[1:k + 1])
+    theta = solve_slopes(s[1:k + 1, 1:k + 1], s[1:k + 1, 0], np.diag(pooled_bound(t, c))[1:k + 1])
     d = len(t.mean)
     a = np.zeros((d - k, d))
     a[0, 0] = 1.0

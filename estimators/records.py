@@ -15,6 +15,9 @@ class Estimate:
 
     Fields are ``None`` (and ``note`` says why) when the estimate cannot be computed.
     ``treatment_mean``/``control_mean`` are the (adjusted) arm means the effect is built on.
+    ``rel_ci_low``/``rel_ci_high`` are Fieller's interval of ``rel_effect``, ``rel_se`` its
+    delta-method SE; ``adjusted_p_value``/``adjusted_seq_p_value`` are the fixed-horizon and
+    anytime-valid p-values after ``--correction`` (``None`` without one).
     """
 
     estimator: str
@@ -26,6 +29,7 @@ class Estimate:
     rel_effect: float | None = None
     rel_ci_low: float | None = None
     rel_ci_high: float | None = None
+    rel_se: float | None = None  # delta-method SE of rel_effect (the interval is Fieller's)
     seq_ci_low: float | None = None
     seq_ci_high: float | None = None
     seq_p_value: float | None = None
@@ -37,6 +41,7 @@ class Estimate:
     treatment_se: float | None = None
     control_se: float | None = None
     adjusted_p_value: float | None = None
+    adjusted_seq_p_value: float | None = None
     biased: bool = False
     note: str | None = None
 
@@ -73,7 +78,8 @@ class BayesResult:
 
 @dataclass(frozen=True)
 class SrmResult:
-    """Sample-ratio mismatch: χ² p-value and the anytime-valid Dirichlet–multinomial one."""
+    """Sample-ratio mismatch: χ² p-value (reported) and the anytime-valid
+    Dirichlet–multinomial one, which alone decides ``flagged``."""
 
     p_value: float | None
     sequential_p_value: float | None

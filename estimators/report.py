@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -21,30 +21,49 @@ Correction = Literal["holm", "bh"]
 
 def correct(metrics: Sequence[MetricResult], correction: Correction | None
             ) -> list[MetricResult]:
-    """Adjust p-values across metrics × treatments, separately for each estimator."""
+    """Adjust p-values across metrics × treatments, separately for each estimator.
+
+    Both families are adjusted, each on its own: the fixed-horizon ``p_value`` into
+    ``adjusted_p_value`` and the anytime-valid ``seq_p_value`` into ``adjusted_seq_p_value``.
+    Holm needs only that each p-value be valid, and an anytime-valid p-value is valid at
+    every (data-dependent) look, so Holm-adjusted ``seq_p_value`` controls the family-wise
+    error at any stopping time. Benjamini–Hochberg is applied the same way (false discovery
+    rate under independence or positive dependence of the p-values).
+    """
     if correction is None:
         return list(metrics)
     method = holm if correction == "holm" else benjamini_hochberg
     names = {n for m in metrics for c in m.comparisons for n in c.estimators}
+    fixed = _adjust(metrics, names, method, "p_value")
+    seq = _adjust(metrics, names, method, "seq_p_value")
+    out = []
+    for i, m in enumerate(metrics):
+        comps = []
+        for j, c in enumerate(m.comparisons):
+            est = {n: replace(e, adjusted_p_value=fixed.get((i, j, n)),
+                              adjusted_seq_p_value=seq.get((i, j, n)))
+                   for n, e in c.estimators.items()}
+            comps.append(replace(c, estimators=est))
+        out.append(replace(m, comparisons=tuple(comps)))
+    return out
+
+
+def _adjust(metrics: Sequence[MetricResult], names: set[str],
+            method: Callable[[Sequence[float]], list[float]], field: str
+            ) -> dict[tuple[int, int, str], float]:
+    """``method`` applied to one p-value field of every estimator, per estimator name."""
     adjusted: dict[tuple[int, int, str], float] = {}
     for name in names:
         keys, ps = [], []
         for i, m in enumerate(metrics):
             for j, c in enumerate(m.comparisons):
                 e = c.estimators.get(name)
-                if e is not None and e.p_value is not None:
+                p = getattr(e, field) if e is not None else None
+                if p is not None:
                     keys.append((i, j, name))
-                    ps.append(e.p_value)
+                    ps.append(p)
         adjusted.update(zip(keys, method(ps), strict=True))
-    out = []
-    for i, m in enumerate(metrics):
-        comps = []
-        for j, c in enumerate(m.comparisons):
-            est = {n: replace(e, adjusted_p_value=adjusted.get((i, j, n)))
-                   for n, e in c.estimators.items()}
-            comps.append(replace(c, estimators=est))
-        out.append(replace(m, comparisons=tuple(comps)))
-    return out
+    return adjusted
 
 
 def comparison_document(c: Comparison) -> dict[str, Any]:

@@ -24,10 +24,14 @@ from estimators.summary import ArmSummary, is_constant
 
 
 def welch_p_value(mean_t: float, var_t: float, n_t: int,
-                  mean_c: float, var_c: float, n_c: int) -> float:
-    """Two-sided Welch t-test p-value for equal means; NaN if both variances are zero."""
-    var_t = 0.0 if is_constant(var_t, mean_t) else var_t
-    var_c = 0.0 if is_constant(var_c, mean_c) else var_c
+                  mean_c: float, var_c: float, n_c: int,
+                  bound_t: float = 0.0, bound_c: float = 0.0) -> float:
+    """Two-sided Welch t-test p-value for equal means; NaN if both variances are zero.
+
+    ``bound_t``/``bound_c``: rounding bounds of the variances (within them a variance is 0).
+    """
+    var_t = 0.0 if is_constant(var_t, bound_t) else var_t
+    var_c = 0.0 if is_constant(var_c, bound_c) else var_c
     se2_t, se2_c = var_t / n_t, var_c / n_c
     se2 = se2_t + se2_c
     if not se2 > 0.0:
@@ -39,8 +43,10 @@ def welch_p_value(mean_t: float, var_t: float, n_t: int,
 
 def balance_p_values(t: ArmSummary, c: ArmSummary) -> list[float]:
     """Welch p-value of every column of two summaries (column 0 included)."""
+    bt, bc = t.bound, c.bound
     return [welch_p_value(float(t.mean[j]), float(t.cov[j, j]), t.n,
-                          float(c.mean[j]), float(c.cov[j, j]), c.n)
+                          float(c.mean[j]), float(c.cov[j, j]), c.n,
+                          float(bt[j, j]), float(bc[j, j]))
             for j in range(len(t.mean))]
 
 

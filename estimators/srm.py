@@ -1,9 +1,14 @@
 """Sample-ratio mismatch tests.
 
-* :func:`chi_square` — Pearson's χ² against the configured weights (flag at p < 0.001).
+* :func:`chi_square` — Pearson's χ² against the configured weights (reported, not decisive:
+  checked at every poll it would raise false alarms that grow with the number of looks).
 * :func:`sequential_p_value` — anytime-valid Dirichlet–multinomial test (Lindon & Malek
   2022): the Bayes factor ``BF_n`` of a Dirichlet(κ·p₀) mixture against p₀ is a test
   martingale under p₀, so ``min(1, 1/BF_n)`` is a p-value valid at every look.
+
+``flagged`` is the anytime-valid decision alone (``sequential_p_value < threshold``), because
+dashboards and the alerter look continuously: by Ville's inequality the chance of *ever*
+flagging a correct split is at most ``threshold``, however often it is checked.
 
 >>> round(chi_square([5000, 5000], [0.5, 0.5]), 6)
 1.0
@@ -13,12 +18,12 @@ True
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import special, stats
 
+from estimators.moments import FloatArray
 from estimators.records import SrmResult
 
 DEFAULT_CONCENTRATION = 1000.0
@@ -34,19 +39,32 @@ def chi_square(counts: Sequence[int], weights: Sequence[float]) -> float:
 
 def sequential_p_value(counts: Sequence[int], weights: Sequence[float],
                        concentration: float = DEFAULT_CONCENTRATION) -> float:
+    return float(sequential_p_values(np.asarray(counts, dtype=np.float64)[None, :], weights,
+                                     concentration)[0])
+
+
+def sequential_p_values(counts: FloatArray, weights: Sequence[float],
+                        concentration: float = DEFAULT_CONCENTRATION) -> FloatArray:
+    """:func:`sequential_p_value` of every row of ``counts`` (rows × arms), vectorised.
+
+    >>> [round(float(p), 7) for p in sequential_p_values(np.array([[500, 500], [600, 400]]),
+    ...                                                 [1, 1])]
+    [1.0, 6.28e-05]
+    """
     n = np.asarray(counts, dtype=np.float64)
     p0 = np.asarray(weights, dtype=np.float64)
     p0 = p0 / p0.sum()
     a = concentration * p0
-    log_bf = (special.gammaln(a.sum()) - special.gammaln(a.sum() + n.sum())
-              + float((special.gammaln(a + n) - special.gammaln(a)).sum())
-              - float((n * np.log(p0)).sum()))
-    return float(min(1.0, math.exp(-log_bf))) if log_bf > 0 else 1.0
+    log_bf = (special.gammaln(a.sum()) - special.gammaln(a.sum() + n.sum(axis=-1))
+              + (special.gammaln(a + n) - special.gammaln(a)).sum(axis=-1)
+              - (n * np.log(p0)).sum(axis=-1))
+    out: FloatArray = np.where(log_bf > 0, np.exp(-np.maximum(log_bf, 0.0)), 1.0)
+    return out
 
 
 def srm(counts: Sequence[int], weights: Sequence[float] | None = None,
         threshold: float = 0.001, concentration: float = DEFAULT_CONCENTRATION) -> SrmResult:
-    """Both tests; ``flagged`` when either p-value is below ``threshold``."""
+    """Both tests; ``flagged`` when the anytime-valid p-value is below ``threshold``."""
     w = tuple(float(x) for x in (weights or [1.0] * len(counts)))
     if len(w) != len(counts):
         raise ValueError(f"{len(w)} weights for {len(counts)} variations")
@@ -58,4 +76,4 @@ def srm(counts: Sequence[int], weights: Sequence[float] | None = None,
         return SrmResult(None, None, False, w, "needs at least two variations with units")
     p = chi_square(counts, w)
     sp = sequential_p_value(counts, w, concentration)
-    return SrmResult(p, sp, p < threshold or sp < threshold, w)
+    return SrmResult(p, sp, sp < threshold, w)

@@ -14,8 +14,9 @@ checks four conditions. An alert is emitted only when a condition *becomes* true
                    direction: a decrease, or an increase for a metric with
                    ``higher_is_better: false`` (latency, errors). Fires once per guardrail ×
                    treatment.
-``srm``            sample-ratio mismatch: ``srm.sequential_p_value < 0.001`` or ``srm.flagged``.
-                   Fires once per experiment.
+``srm``            sample-ratio mismatch: ``srm.flagged``, the anytime-valid decision
+                   (``srm.sequential_p_value < 0.001``; the χ² p-value is only reported, since
+                   checked at every poll it would raise false alarms). Fires once per experiment.
 ``decision``       the verdict (``decision.recommendation``: ship, roll_back, keep_running,
                    no_effect; :mod:`estimators.decision`) changed from the last one stored
                    (the first verdict fires unless it is ``keep_running``). Only for
@@ -184,7 +185,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
                         {**f, "direction": bad}))
     srm = sl.get("srm") or {}
     seq_p = srm.get("sequential_p_value")
-    srm_now = bool(srm.get("flagged")) or (seq_p is not None and seq_p < SRM_THRESHOLD)
+    srm_now = bool(srm.get("flagged"))
     if srm_now and not states.get("srm", {}).get("fired"):
         counts = {v["name"]: v["n"] for v in sl["variations"]}
         weights = dict(zip(d.variations, d.weights, strict=True))

@@ -85,7 +85,7 @@ __all__ = ["ApiError", "Auth", "create_app", "resolve_auth", "shape_results"]
 log = logging.getLogger("liftstream.api")
 
 ID_REGEX = r"^[A-Za-z0-9_.-]{1,64}$"
-SEQUENTIAL_FIELDS = ("seq_ci_low", "seq_ci_high", "seq_p_value")
+SEQUENTIAL_FIELDS = ("seq_ci_low", "seq_ci_high", "seq_p_value", "adjusted_seq_p_value")
 EstimatorName = Literal["diff", "cuped", "cupac", "mlrate", "lin_crespo", "adjusted"]
 assert set(EstimatorName.__args__) == set(ESTIMATORS)  # type: ignore[attr-defined]
 

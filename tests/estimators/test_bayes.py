@@ -75,8 +75,8 @@ def test_normal_normal_docstring_numbers() -> None:
 def test_beta_binomial_hand_computed(x_t: int, n_t: int, x_c: int, n_c: int,
                                      sigma: float) -> None:
     """Prior Beta(a, b) with mean p_c and sd σ·p_c (checked with scipy.stats.beta);
-    w = n/(n + a + b); posterior mean (a + x)/(a + b + n) = w·x/n + (1 − w)·p_c; posterior
-    variance that of Beta(a + x, b + n − x). Tolerance 1e-10 relative."""
+    w = n/(n + a + b); posterior mean (a + x)/(a + b + n) = w·x/n + (1 − w)·p_c. Tolerance
+    1e-10 relative. (Decision quantities from the exact Beta posteriors: test_bayes_exact.)"""
     r = bayes.beta_binomial(x_t, n_t, x_c, n_c, prior_sigma=sigma)
     p_c = x_c / n_c
     ab = (1 - p_c) / (sigma**2 * p_c) - 1
@@ -91,26 +91,7 @@ def test_beta_binomial_hand_computed(x_t: int, n_t: int, x_c: int, n_c: int,
     assert r.precision_weight == pytest.approx(w, rel=1e-10)
     assert r.treatment_posterior_mean == pytest.approx(post, rel=1e-10)
     assert r.control_posterior_mean == pytest.approx(p_c, rel=1e-12)
-    post_var = stats.beta(a + x_t, b + n_t - x_t).var()
-    v_c = p_c * (1 - p_c) / n_c
-    lo, hi, chance, loss = direct_decision(post - p_c, math.sqrt(post_var + v_c))
-    assert r.ci_low == pytest.approx(lo, rel=1e-9)
-    assert r.ci_high == pytest.approx(hi, rel=1e-9)
-    assert r.chance_to_beat_control == pytest.approx(chance, rel=1e-9)
-    assert r.expected_loss == pytest.approx(loss, rel=1e-8, abs=1e-15)
-
-
-def test_beta_binomial_chance_close_to_exact_beta_posterior() -> None:
-    """The normal approximation of the difference is close to the exact answer with the
-    treatment's Beta posterior: |P_approx − P_exact| < 0.005 at 5,000 units per arm."""
-    x_t, n_t, x_c, n_c, sigma = 130, 5000, 100, 5000, 0.3
-    r = bayes.beta_binomial(x_t, n_t, x_c, n_c, prior_sigma=sigma)
-    p_c = x_c / n_c
-    ab = (1 - p_c) / (sigma**2 * p_c) - 1
-    post_t = stats.beta(ab * p_c + x_t, ab * (1 - p_c) + n_t - x_t)
-    control = stats.norm(p_c, math.sqrt(p_c * (1 - p_c) / n_c))
-    exact = integrate.quad(lambda t: post_t.pdf(t) * control.cdf(t), 0.0, 0.1, limit=200)[0]
-    assert abs(r.chance_to_beat_control - exact) < 0.005
+    assert r.ci_low < post - p_c < r.ci_high
 
 
 @pytest.mark.parametrize("call", [

@@ -160,7 +160,8 @@ def test_degenerate_documents_get_null_power_with_a_note(case: str) -> None:
     elif case == "constant":
         c, t = np.ones((50, 1)), np.ones((50, 1))
     else:
-        c, t = np.zeros((50, 1)), rng.normal(size=(50, 1))
+        # control mean exactly 0 with variance (a constant arm has no SE at all)
+        c, t = np.tile([[-1.0], [1.0]], (25, 1)), rng.normal(size=(50, 1))
     arms = {"c": MomentMatrix.from_rows(("y",), c), "t": MomentMatrix.from_rows(("y",), t)}
     res = analyze_metric(MetricSpec("y", "numeric", outcome="y"), arms, "c")
     doc = slice_document(None, ["c", "t"], {"c": len(c), "t": len(t)}, None, [res])

@@ -467,7 +467,8 @@ def test_api_and_alerter_on_redis_cluster(redis_cluster_url: str) -> None:
     s = settings_for(redis_cluster_url, redis_cluster=True)
     client = connect(redis_cluster_url, cluster=True)
     Registry(client).create(parse_definition(experiment_definition("clu", weights=[0.5, 0.5])))
-    DirectIngest(client).feed(experiment_messages(Population("clu", assign=(0.7, 0.3)), 0, 400))
+    # 80/20 against 50/50: the anytime-valid SRM test (which alone decides) flags at 400 units
+    DirectIngest(client).feed(experiment_messages(Population("clu", assign=(0.8, 0.2)), 0, 400))
     fired = Alerter(s, client, sinks=[]).evaluate_once(now=5.0)
     assert [a.kind for a in fired] == ["srm"]
     with TestClient(create_app(s, auth=resolve_auth(s)[0], lag_interval=None)) as api:
