@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +19,7 @@ from state.store import (
     read_partition_warnings,
 )
 from state.warnings import experiment_warnings
+from state.window import phase
 
 
 def experiment_matrices(client: Client, d: ExperimentDef) -> dict[str, MomentMatrix]:
@@ -46,7 +48,9 @@ def experiment_document(client: Client, d: ExperimentDef,
                        if k.startswith(prefix)}
     doc["freshness"] = {"last_event_ts": counters.get("last_event_ts")}
     warnings = experiment_warnings(d.id, counters, read_partition_warnings(client, parts))
-    return {"experiment": d.id, "warnings": warnings, "slices": [doc]}
+    window = {"start": d.start, "end": d.end, "interval": "[start, end)",
+              "phase": phase(d.status, d.start, d.end, time.time())}
+    return {"experiment": d.id, "window": window, "warnings": warnings, "slices": [doc]}
 
 
 def experiment_document_with(client: Client, d: ExperimentDef,

@@ -61,6 +61,7 @@ class Settings:
     grace_seconds: float = 600.0
     max_pending_events: int = 100_000
     unit_buckets: int = 4096
+    event_ids_per_unit: int = 1000
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_read_tokens: tuple[str, ...] = ()
@@ -135,7 +136,8 @@ def _redact_url_path(url: str) -> str:
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}
 _POSITIVE_INT: Final = ("partitions", "batch_size", "batch_timeout_ms", "max_pending_events",
-                        "unit_buckets", "learner_snapshot_examples", "learner_dedupe_window")
+                        "unit_buckets", "learner_snapshot_examples", "learner_dedupe_window",
+                        "event_ids_per_unit")
 _NONNEGATIVE_FLOAT: Final = ("grace_seconds", "results_cache_seconds")
 _POSITIVE_FLOAT: Final = ("alert_interval_seconds", "stale_after_seconds",
                           "learner_snapshot_seconds")
