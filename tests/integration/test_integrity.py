@@ -419,7 +419,7 @@ def test_event_ids_colliding_in_crc32_both_count_and_memory_is_bounded(
                                  "old", s.unit_buckets)), "old")),
                         "ids", keys.bucket_of("old", s.unit_buckets))
     blob = client.hget(bucket, "old")
-    assert blob is not None
+    assert isinstance(blob, bytes)
     st = UnitState.unpack(blob)
     client.hset(bucket, "old", pack_format_1(st, (123, 456)))
 
