@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -124,6 +125,20 @@ def event(unit: str, name: str, ts: float, value: float = 1.0, x: str | None = N
           event_id: str | None = None, key: str | None = None) -> Message:
     return ("events", (key or unit).encode(),
             encode_event(Event(unit, name, ts, value, x, event_id)))
+
+
+def scrape_metrics(s: Settings) -> dict[str, float]:
+    """``GET /metrics`` of a real API app on the test's Redis."""
+    from fastapi.testclient import TestClient
+
+    from workers.api import create_app, resolve_auth
+
+    s = replace(s, api_read_tokens=("read-1",), api_admin_tokens=("admin-1",))
+    with TestClient(create_app(s, auth=resolve_auth(s)[0], lag_interval=None)) as api:
+        r = api.get("/metrics", headers={"Authorization": "Bearer read-1"})
+    assert r.status_code == 200
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in r.text.splitlines() if line and not line.startswith("#")}
 
 
 def counters(client: Client, s: Settings) -> dict[str, float]:
@@ -265,6 +280,9 @@ def test_an_experiment_whose_rules_raise_is_dead_lettered_and_the_rest_counts(
     assert p is not None
     warned = [x for x in experiment_warnings("poison", c, {}) if x["code"] == "build_failed"]
     assert len(warned) == 1 and str(len(poison)) in warned[0]["detail"]
+    m = scrape_metrics(s)
+    assert m['liftstream_experiment_counter_total{counter="build_failed",'
+             'experiment="poison"}'] == len(poison)
 
 
 # ----------------------------------------------------------------------------- item 3
@@ -317,6 +335,10 @@ def test_a_flood_of_never_exposed_units_cannot_crowd_out_members(broker: Broker,
     assert d is not None
     doc = experiment_document(client, d)
     assert "held_events_evicted" in codes(doc)
+    m = scrape_metrics(s)
+    assert m['liftstream_ingest_counter_total{counter="held_evicted"}'] == c["held_evicted"]
+    assert m[f'liftstream_experiment_counter_total{{counter="held_evicted",'
+             f'experiment="{NORMAL}"}}'] == c["held_evicted"]
     letters = dead_letters(s, 1)
     assert len(letters) == 1 and "key" in letters[0]["reason"]
     assert "someone-else" in letters[0]["reason"] and "'m0'" in letters[0]["reason"]
