@@ -162,13 +162,16 @@ def poison_definition(broker: Broker, redis_server: RedisServer, units: int, see
     c.start_worker()
     c.publish([messages[k] for k in order]).join()
     problems += _wait(c, len(before) + len(messages))
-    letters = c.dead_letters(len(poison))
+    letters = c.dead_letters(len(poison), timeout=120.0)
     problems += _stop(c)
     t = tally("poison definition", c, w)
     bad = [x for x in letters if "'poison'" not in x.get("reason", "")]
-    if len(letters) != len(poison) or bad:
+    n = _counters(c)
+    if len(letters) != len(poison) or bad or n.get("poison:build_failed") != len(poison):
         problems.append(f"dead letters: {len(letters)} of {len(poison)}, "
-                        f"{len(bad)} without the experiment's reason")
+                        f"{len(bad)} without the experiment's reason; build_failed "
+                        f"{n.get('poison:build_failed', 0)}, side_outputs_failed "
+                        f"{n.get('side_outputs_failed', 0)}")
     counted_wide = int(sum(sum(st.raw[:128]) for st in _unit_states(c, "wide").values()))
     if counted_wide != wide_events:
         problems.append(f"257-column experiment: {counted_wide} of {wide_events} counted")

@@ -137,6 +137,7 @@ class BatchBuilder:
         self.layouts: dict[str, ExperimentLayout] = {}
         self._routes: dict[str, list[str]] = {}
         self._shifts: dict[tuple[int, str], dict[str, FloatArray]] = {}
+        self._failing: dict[int, set[str]] = {}  # partition → experiments failing last batch
 
     def set_experiments(self, layouts: Mapping[str, ExperimentLayout]) -> None:
         self.layouts = dict(layouts)
@@ -163,27 +164,53 @@ class BatchBuilder:
         (their messages become dead letters)."""
         parsed = [self._parse(r) for r in records]
         try:
-            return self._build(partition, epoch, parsed, stored, {})
+            out = self._build(partition, epoch, parsed, stored, {})
+            self._failing.pop(partition, None)
+            return out
         except StoreError:
             raise
         except Exception as exc:
-            first = exc
+            log.debug("partition %d: building a batch failed (%s); isolating the experiment",
+                      partition, _describe(exc))
         self.forget(partition)
-        failed = self._isolate(partition, epoch, parsed, stored)
-        if not failed:  # no experiment fails alone: hold every experiment of the batch
-            failed = {x: _describe(first) for x in self._involved(parsed)}
+        involved = self._involved(parsed)
+        # a poison usually persists: try the experiments that failed last time first
+        failed = self._isolate(partition, epoch, parsed, stored,
+                               involved & self._failing.get(partition, set()))
+        if failed:
+            try:
+                out = self._build(partition, epoch, parsed, stored, failed)
+                return self._failed_batch(partition, failed, out)
+            except StoreError:
+                raise
+            except Exception:
+                self.forget(partition)
+        failed = self._isolate(partition, epoch, parsed, stored, involved)
+        try:
+            out = self._build(partition, epoch, parsed, stored, failed)
+        except StoreError:
+            raise
+        except Exception as exc:  # no experiment fails alone: hold every one of the batch
+            self.forget(partition)
+            failed = {x: failed.get(x, _describe(exc)) for x in involved}
+            out = self._build(partition, epoch, parsed, stored, failed)
+        return self._failed_batch(partition, failed, out)
+
+    def _failed_batch(self, p: int, failed: Mapping[str, str], out: PreparedBatch
+                      ) -> PreparedBatch:
+        self._failing[p] = set(failed)
         for x, reason in sorted(failed.items()):
             log.error("partition %d: building experiment %r's part of a batch failed (%s); "
-                      "its messages of the batch go to the dead-letter topic",
-                      partition, x, reason)
-        self.forget(partition)
-        return self._build(partition, epoch, parsed, stored, failed)
+                      "its messages of the batch go to the dead-letter topic", p, x, reason)
+        return out
 
     def _isolate(self, p: int, epoch: int, parsed: Sequence[Parsed],
-                 stored: Mapping[str, int | None] | None) -> dict[str, str]:
-        """Experiments whose part of the batch raises when built alone → the reason."""
+                 stored: Mapping[str, int | None] | None, candidates: Collection[str]
+                 ) -> dict[str, str]:
+        """Experiments of ``candidates`` whose part of the batch raises when built alone →
+        the reason."""
         failed: dict[str, str] = {}
-        for x in sorted(self._involved(parsed)):
+        for x in sorted(candidates):
             others = {y: "" for y in self.layouts if y != x}
             try:
                 self._build(p, epoch, parsed, stored, others)
@@ -369,7 +396,7 @@ class BatchBuilder:
                 held_changed.add(e.unit)
                 if len(lst) > MAX_HELD_PER_UNIT:  # the unit's oldest held event goes first
                     self._count_evicted(w, e.unit, [lst.pop(0)], current)
-            elif not ts and e.experiment is None and not self._failed_only(e, failed):
+            elif not ts and not self._frozen(e) and not self._failed_only(e, failed):
                 w.counters["events_unrouted"] += 1
         w.counters["events"] += len(events)
         if last_ts is not None:
@@ -382,6 +409,11 @@ class BatchBuilder:
 
     def _failed_only(self, e: Event, failed: Collection[str]) -> bool:
         return bool(failed) and any(x in failed for x in self._routes.get(e.event, []))
+
+    def _frozen(self, e: Event) -> bool:
+        """A tagged event of a stopped experiment (counted ``events_after_stop``)."""
+        return (e.experiment is not None
+                and self.layouts[e.experiment].definition.status != "running")
 
     def _settle_held(self, p: int, w: BatchWrite, held: dict[str, list[HeldEvent]],
                      held_stored: Mapping[str, Sequence[HeldEvent]], held_changed: set[str],
