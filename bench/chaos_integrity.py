@@ -145,10 +145,10 @@ def poison_definition(broker: Broker, redis_server: RedisServer, units: int, see
     w = workload(units, seed)
     rng = np.random.default_rng(seed)
     poison: list[Message] = []
-    for i in range(200, 600):
+    for i in range(200, 600):  # new units' exposures; events of units exposed before
         poison += [_exposure("poison", f"p{i}", "ab"[i % 2], 1.7e9 + i),
-                   _event(f"p{i - 200}", "poke", 1.7e9 + i + 1, x="poison"),
-                   _event(f"p{i - 200}", "pay", 1.7e9 + i + 2, 2.0)]
+                   _event(f"p{i % 200}", "poke", 1.7e9 + i + 1, x="poison"),
+                   _event(f"p{i % 200}", "pay", 1.7e9 + i + 2, 2.0)]
     wide_msgs: list[Message] = []
     wide_events = 0
     for i in range(units // 4):

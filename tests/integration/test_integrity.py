@@ -247,10 +247,10 @@ def test_an_experiment_whose_rules_raise_is_dead_lettered_and_the_rest_counts(
 
     stream = synthetic_stream(NORMAL, 400, seed=12, duplicate=0.0)
     poison: list[Message] = []
-    for i in range(50, 120):  # old units' events and new units' exposures and events
+    for i in range(50, 120):  # new units' exposures; events of units exposed before
         poison += [exposure("poison", f"u{i}", "ab"[i % 2], SYNTH_T0 + i),
-                   event(f"u{i - 50}", "poke", SYNTH_T0 + i + 1.0, x="poison"),
-                   event(f"u{i - 50}", "pay", SYNTH_T0 + i + 2.0, 3.0)]  # untagged
+                   event(f"u{i % 50}", "poke", SYNTH_T0 + i + 1.0, x="poison"),
+                   event(f"u{i % 50}", "pay", SYNTH_T0 + i + 2.0, 3.0)]  # untagged
     publish(s, [m for pair in zip(poison, stream.messages, strict=False) for m in pair]
             + stream.messages[len(poison):])
     total = len(before) + len(poison) + len(stream.messages)
