@@ -87,6 +87,7 @@ MAX_HELD_PER_UNIT = 1000  # held events per unit; beyond, its oldest held event 
 DEFAULT_IDS_PER_UNIT = 1000  # remembered event ids per unit and experiment (settings default)
 _HELD = msgspec.msgpack.Encoder()
 _HELD_DECODE = msgspec.msgpack.Decoder(list[HeldEvent])
+_NO_ROUTES: list[str] = []  # shared, never mutated
 Parsed = tuple[RawRecord, Exposure | Event | None, str | None]  # record, message, reject reason
 
 
@@ -162,9 +163,8 @@ class BatchBuilder:
         Redis errors propagate (the owner retries); any other error is pinned on the
         experiments whose part of the batch raises alone, and the batch is built without them
         (their messages become dead letters)."""
-        parsed = [self._parse(r) for r in records]
         try:
-            out = self._build(partition, epoch, parsed, stored, {})
+            out = self._build(partition, epoch, records, stored, {})
             self._failing.pop(partition, None)
             return out
         except StoreError:
@@ -173,27 +173,27 @@ class BatchBuilder:
             log.debug("partition %d: building a batch failed (%s); isolating the experiment",
                       partition, _describe(exc))
         self.forget(partition)
-        involved = self._involved(parsed)
+        involved = self._involved(records)
         # a poison usually persists: try the experiments that failed last time first
-        failed = self._isolate(partition, epoch, parsed, stored,
+        failed = self._isolate(partition, epoch, records, stored,
                                involved & self._failing.get(partition, set()))
         if failed:
             try:
-                out = self._build(partition, epoch, parsed, stored, failed)
+                out = self._build(partition, epoch, records, stored, failed)
                 return self._failed_batch(partition, failed, out)
             except StoreError:
                 raise
             except Exception:
                 self.forget(partition)
-        failed = self._isolate(partition, epoch, parsed, stored, involved)
+        failed = self._isolate(partition, epoch, records, stored, involved)
         try:
-            out = self._build(partition, epoch, parsed, stored, failed)
+            out = self._build(partition, epoch, records, stored, failed)
         except StoreError:
             raise
         except Exception as exc:  # no experiment fails alone: hold every one of the batch
             self.forget(partition)
             failed = {x: failed.get(x, _describe(exc)) for x in involved}
-            out = self._build(partition, epoch, parsed, stored, failed)
+            out = self._build(partition, epoch, records, stored, failed)
         return self._failed_batch(partition, failed, out)
 
     def _failed_batch(self, p: int, failed: Mapping[str, str], out: PreparedBatch
@@ -204,7 +204,7 @@ class BatchBuilder:
                       "its messages of the batch go to the dead-letter topic", p, x, reason)
         return out
 
-    def _isolate(self, p: int, epoch: int, parsed: Sequence[Parsed],
+    def _isolate(self, p: int, epoch: int, records: Sequence[RawRecord],
                  stored: Mapping[str, int | None] | None, candidates: Collection[str]
                  ) -> dict[str, str]:
         """Experiments of ``candidates`` whose part of the batch raises when built alone →
@@ -213,7 +213,7 @@ class BatchBuilder:
         for x in sorted(candidates):
             others = {y: "" for y in self.layouts if y != x}
             try:
-                self._build(p, epoch, parsed, stored, others)
+                self._build(p, epoch, records, stored, others)
             except StoreError:
                 raise
             except Exception as exc:
@@ -222,9 +222,9 @@ class BatchBuilder:
                 self.forget(p)
         return failed
 
-    def _involved(self, parsed: Sequence[Parsed]) -> set[str]:
+    def _involved(self, records: Sequence[RawRecord]) -> set[str]:
         out = {x for x, lay in self.layouts.items() if lay.prediction_columns}  # maturity
-        for _, msg, reason in parsed:
+        for _, msg, reason in map(self._parse, records):
             if reason is not None or msg is None:
                 continue
             if msg.experiment is not None:
@@ -245,7 +245,7 @@ class BatchBuilder:
             return r, None, _key_mismatch(r.key, msg.unit)
         return r, msg, None
 
-    def _build(self, partition: int, epoch: int, parsed: Sequence[Parsed],
+    def _build(self, partition: int, epoch: int, records: Sequence[RawRecord],
                stored: Mapping[str, int | None] | None,
                failed: Mapping[str, str]) -> PreparedBatch:
         """One attempt; experiments in ``failed`` take no part (their messages are dead
@@ -256,7 +256,8 @@ class BatchBuilder:
         nexts: dict[str, int] = {}
         exposures: list[Exposure] = []
         events: list[Event] = []
-        for r, msg, reason in parsed:
+        for r in records:
+            _, msg, reason = self._parse(r)
             firsts.setdefault(r.topic, r.offset)
             firsts[r.topic] = min(firsts[r.topic], r.offset)
             nexts[r.topic] = max(nexts.get(r.topic, 0), r.offset + 1)
@@ -277,7 +278,7 @@ class BatchBuilder:
         w.offsets = [(t, stored[t] if stored is not None and t in stored else
                       (firsts[t] or None), nexts[t]) for t in sorted(firsts)]
         w.counters["dead_letters"] += len(out.dead_letters)
-        w.counters["messages"] += len(parsed)
+        w.counters["messages"] += len(records)
         self._apply(partition, w, exposures, events, failed)
         self._mature(partition, w, out, exposures, events, failed)
         return out
@@ -311,7 +312,8 @@ class BatchBuilder:
                 w.counters[f"{e.experiment}:events_after_stop"] += 1
                 return []
             return [e.experiment] if e.event in lay.event_columns else []
-        return [x for x in self._routes.get(e.event, []) if x not in failed]
+        routes = self._routes.get(e.event, _NO_ROUTES)
+        return [x for x in routes if x not in failed] if failed else routes
 
     def _held_targets(self, h: HeldEvent) -> list[str]:
         """Running experiments a held event waits for."""
