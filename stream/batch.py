@@ -319,7 +319,9 @@ class BatchBuilder:
         """Running experiments a held event waits for."""
         if h.experiment is not None:
             lay = self.layouts.get(h.experiment)
-            return [h.experiment] if lay is not None and h.event in lay.event_columns else []
+            if lay is None or lay.definition.status != "running":
+                return []
+            return [h.experiment] if h.event in lay.event_columns else []
         return list(self._routes.get(h.event, []))
 
     def _apply(self, p: int, w: BatchWrite, exposures: list[Exposure],
