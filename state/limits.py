@@ -4,10 +4,10 @@ A definition is refused — with a :class:`DefinitionError` naming the field and
 when it exceeds a :class:`DefinitionLimits` bound, e.g. ``metrics: 10000 metrics; the limit
 is 100 (LIFTSTREAM_MAX_METRICS)``. The defaults live here (:data:`DEFAULT_LIMITS`);
 ``workers.settings`` reads each bound from the ``LIFTSTREAM_*`` variable of the same name and
-passes them in (``Settings.definition_limits()``). :data:`CEILINGS` are what the storage
-format can hold (one byte packs the column count and the variation index, ``state/units.py``):
-no setting goes above them, and every definition — also one read back from Redis — is held
-to them.
+passes them in (``Settings.definition_limits()``). :data:`CEILINGS` bound what any process
+will handle (one byte packs the variation index, ``state/units.py``; 1,024 columns keep a
+moment matrix at 8 MB, though unit states could pack 65,535): no setting goes above them, and
+every definition — also one read back from Redis — is held to them.
 
 Definition text is read with a byte cap, YAML *aliases* refused (so a few hundred bytes cannot
 expand into a billion nodes), and duplicate mapping keys refused in YAML and JSON (the last
@@ -83,7 +83,7 @@ class DefinitionLimits:
 DEFAULT_LIMITS: Final = DefinitionLimits()
 # what the packed unit state can hold: u8 column count, u8 variation index (state/units.py)
 CEILINGS: Final = DefinitionLimits(max_variations=255, max_metrics=255, max_ratios=1024,
-                                   max_covariates=255, max_candidates=255, max_columns=255,
+                                   max_covariates=255, max_candidates=255, max_columns=1024,
                                    max_definition_bytes=64 * 1_048_576)
 LIMIT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(DefinitionLimits))
 

@@ -201,8 +201,11 @@ class ExperimentDef:
         return tuple(m.name for m in self.metrics) + tuple(r.name for r in self.ratios)
 
     def is_active(self, ts: float) -> bool:
-        """Whether ``ts`` lies inside the experiment's window ``[start, end)``."""
-        return (self.start is None or ts >= self.start) and (self.end is None or ts < self.end)
+        """Whether ``ts`` lies inside the experiment's window ``[start, end)``
+        (:func:`state.window.in_window`, the one predicate)."""
+        from state.window import in_window
+
+        return in_window(self.start, self.end, ts)
 
     def analysis_settings(self) -> AnalysisSettings:
         """The estimator settings this definition asks for."""

@@ -25,6 +25,7 @@ from state.store import (
     read_partition_warnings,
 )
 from state.warnings import experiment_warnings
+from state.window import phase
 
 
 def experiment_matrices(client: Client, d: ExperimentDef) -> dict[str, MomentMatrix]:
@@ -62,8 +63,10 @@ def experiment_document(client: Client, d: ExperimentDef,
     warnings = experiment_warnings(d.id, counters, read_partition_warnings(client, parts))
     verdict = decide_document(doc, d.primary, d.guardrails, d.higher_is_better(), elapsed,
                               d.min_runtime_seconds)
-    return {"experiment": d.id, "warnings": warnings, "decision": verdict.as_dict(),
-            **learned_docs, "slices": [doc]}
+    window = {"start": d.start, "end": d.end, "interval": "[start, end)",
+              "phase": phase(d.status, d.start, d.end, time.time())}
+    return {"experiment": d.id, "window": window, "warnings": warnings,
+            "decision": verdict.as_dict(), **learned_docs, "slices": [doc]}
 
 
 def elapsed_seconds(d: ExperimentDef, now: float) -> float | None:

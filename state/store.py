@@ -17,6 +17,7 @@ from state import keys
 from state.units import UnitState
 
 Client = redis.Redis | redis.cluster.RedisCluster
+StoreError = redis.RedisError  # any failure talking to Redis (the owner retries the batch)
 
 
 def connect(url: str, cluster: bool = False) -> Client:
@@ -77,6 +78,12 @@ class PartitionStore:
 
     def matrix_shifts(self, partition: int, experiment: str, width: int) -> dict[str, FloatArray]:
         raw: Any = self.client.hgetall(keys.matrices(partition, experiment))
+        need = 8 * MomentMatrix.array_length(width)
+        for k, v in raw.items():
+            if len(v) != need:
+                raise ValueError(f"stored matrix {_text(k)!r} of {experiment!r} has "
+                                 f"{len(v) // 8} values; the definition's {width} columns "
+                                 f"need {need // 8} (its layout changed)")
         return {_text(k): np.frombuffer(v[:8 * width], dtype="<f8").astype(np.float64)
                 for k, v in raw.items()}
 
@@ -143,6 +150,13 @@ class PartitionStore:
     def expired_pending(self, partition: int, before: float, limit: int = 1000) -> list[str]:
         raw = self.client.zrangebyscore(keys.pending_queue(partition), "-inf", f"({before}",
                                         start=0, num=limit)
+        return [_text(r) for r in raw]
+
+    def oldest_pending(self, partition: int, n: int) -> list[str]:
+        """The ``n`` units held longest (lowest first-held time)."""
+        if n <= 0:
+            return []
+        raw = self.client.zrange(keys.pending_queue(partition), 0, n - 1)
         return [_text(r) for r in raw]
 
     def matured(self, partition: int, now: float, limit: int = 2000) -> list[str]:

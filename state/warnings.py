@@ -28,6 +28,18 @@ COUNTER_WARNINGS: Final[dict[str, tuple[str, str]]] = {
     "held_evicted": ("held_events_evicted",
                      "{n} held events of {exp} were evicted (the held store was full; "
                      "oldest first)"),
+    "build_failed": ("build_failed",
+                     "{n} messages of {exp} were not applied: building its part of a batch "
+                     "failed (dead-letter topic, with the reason)"),
+    "event_ids_evicted": ("event_ids_evicted",
+                          "{n} remembered event ids of {exp} were forgotten (over "
+                          "LIFTSTREAM_EVENT_IDS_PER_UNIT for a unit, oldest first): a "
+                          "re-delivery of one of them would count again"),
+    "events_after_stop": ("events_after_stop",
+                          "{n} events named {exp} after it was stopped and were not counted"),
+    "exposures_after_stop": ("exposures_after_stop",
+                             "{n} exposures of {exp} arrived after it was stopped and were "
+                             "not counted"),
 }
 
 

@@ -4,15 +4,26 @@ Rules (DESIGN §2, "Time"):
 
 * Held events wait at most ``grace_seconds`` of processing time for their exposure (a
   timestamp, however far in the future, cannot expire them); at most ``max_pending`` units
-  are held per partition.
+  are held per partition (at most :data:`MAX_HELD_PER_UNIT` events per unit). At the bound
+  the units held longest are evicted first (the newest are the likeliest to meet their
+  exposure), counted ``held_evicted`` and ``<experiment>:held_evicted`` per experiment the
+  events were held for.
+* Messages are keyed by unit id: one whose Kafka key (when it has one) is not its unit id
+  would be held on the wrong partition and is a dead letter naming the mismatch.
 * A unit's first exposure creates its state; a later exposure to a *different* variation
   withdraws the unit from the statistics (counted); a repeat to the same variation is ignored.
 * An event counts for an experiment when its timestamp is at or after the unit's exposure and
-  inside the experiment's window. An event for a unit not yet exposed is held in Redis
-  (bounded, grace period) and applied when the exposure arrives, so arrival order does not
-  change results. An event that carries an ``id`` counts once per unit however often it is
-  delivered.
-* Malformed or unknown input becomes a dead letter with its reason; nothing raises.
+  inside the experiment's half-open window ``[start, end)``; a stopped experiment takes
+  nothing (:mod:`state.window`, the one predicate). An event for a unit not yet exposed is
+  held in Redis (bounded, grace period) and applied when the exposure arrives, so arrival
+  order does not change results. An event that carries an ``id`` counts once per unit
+  however often it is delivered while the unit remembers it: the last ``max_ids_per_unit``
+  ids per unit and experiment, as 64-bit BLAKE2b fingerprints (older ones are forgotten,
+  oldest first, counted ``<experiment>:event_ids_evicted``).
+* Malformed or unknown input becomes a dead letter with its reason; nothing raises. If
+  building one experiment's part of a batch raises (any rule of that experiment), its
+  messages of the batch become dead letters with the reason, counted
+  ``<experiment>:build_failed``, and the rest of the batch applies.
 
 The statistics change by ``Σ u'u'ᵀ − Σ uuᵀ`` over the units the batch touched, accumulated in
 the stored matrix's shifted coordinates.
@@ -20,10 +31,11 @@ the stored matrix's shifted coordinates.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
-import zlib
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -33,16 +45,20 @@ import numpy as np
 from estimators.moments import FloatArray, MomentMatrix
 from state import keys
 from state.layout import ExperimentLayout
-from state.store import BatchWrite, PartitionStore
+from state.store import BatchWrite, PartitionStore, StoreError
 from state.units import WITHDRAWN, UnitState
+from state.window import accepts, in_window
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
 from stream.shifts import initial_shift, next_shift, recentre_sums
+
+log = logging.getLogger("liftstream.batch")
 
 
 class RawRecord(NamedTuple):
     topic: str
     offset: int
     value: bytes
+    key: bytes | None = None  # the Kafka key (None: unkeyed, not checked)
 
 
 @dataclass(frozen=True)
@@ -68,12 +84,18 @@ class HeldEvent(msgspec.Struct, array_like=True):
 
 
 CLOCK_SKEW_SECONDS = 60.0  # event times beyond now + this count as now (freshness, maturity)
+MAX_HELD_PER_UNIT = 1000  # held events per unit; beyond, its oldest held event is evicted
+DEFAULT_IDS_PER_UNIT = 1000  # remembered event ids per unit and experiment (settings default)
 _HELD = msgspec.msgpack.Encoder()
 _HELD_DECODE = msgspec.msgpack.Decoder(list[HeldEvent])
+_NO_ROUTES: list[str] = []  # shared, never mutated
+Parsed = tuple[RawRecord, Exposure | Event | None, str | None]  # record, message, reject reason
 
 
 def fingerprint(event_id: str) -> int:
-    return zlib.crc32(event_id.encode())
+    """64-bit BLAKE2b fingerprint of an event id: two of ``n`` remembered ids collide with
+    probability about ``n² / 2⁶⁵`` (3e-12 at 10,000)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
 class Predictor(Protocol):
@@ -104,7 +126,8 @@ class BatchBuilder:
     def __init__(self, store: PartitionStore, topics: Topics, buckets: int,
                  grace_seconds: float, max_pending: int,
                  predictor: Predictor | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 max_ids_per_unit: int = DEFAULT_IDS_PER_UNIT) -> None:
         self.store = store
         self.predictor = predictor
         self.clock = clock
@@ -112,10 +135,12 @@ class BatchBuilder:
         self.buckets = buckets
         self.grace = grace_seconds
         self.max_pending = max_pending
+        self.max_ids = max_ids_per_unit
         self.layouts: dict[str, ExperimentLayout] = {}
         self._routes: dict[str, list[str]] = {}
         # (partition, experiment) → variation → the stored matrix as this builder last wrote it
         self._shifts: dict[tuple[int, str], dict[str, MomentMatrix]] = {}
+        self._failing: dict[int, set[str]] = {}  # partition → experiments failing last batch
 
     def set_experiments(self, layouts: Mapping[str, ExperimentLayout]) -> None:
         self.layouts = dict(layouts)
@@ -135,7 +160,98 @@ class BatchBuilder:
     def build(self, partition: int, epoch: int, records: Sequence[RawRecord],
               stored: Mapping[str, int | None] | None = None) -> PreparedBatch:
         """``stored``: per topic the offset the owner believes Redis holds (default: the
-        batch's first offset, for callers that feed contiguous batches from the start)."""
+        batch's first offset, for callers that feed contiguous batches from the start).
+
+        Redis errors propagate (the owner retries); any other error is pinned on the
+        experiments whose part of the batch raises alone, and the batch is built without them
+        (their messages become dead letters)."""
+        try:
+            out = self._build(partition, epoch, records, stored, {})
+            self._failing.pop(partition, None)
+            return out
+        except StoreError:
+            raise
+        except Exception as exc:
+            log.debug("partition %d: building a batch failed (%s); isolating the experiment",
+                      partition, _describe(exc))
+        self.forget(partition)
+        involved = self._involved(records)
+        # a poison usually persists: try the experiments that failed last time first
+        failed = self._isolate(partition, epoch, records, stored,
+                               involved & self._failing.get(partition, set()))
+        if failed:
+            try:
+                out = self._build(partition, epoch, records, stored, failed)
+                return self._failed_batch(partition, failed, out)
+            except StoreError:
+                raise
+            except Exception:
+                self.forget(partition)
+        failed = self._isolate(partition, epoch, records, stored, involved)
+        try:
+            out = self._build(partition, epoch, records, stored, failed)
+        except StoreError:
+            raise
+        except Exception as exc:  # no experiment fails alone: hold every one of the batch
+            self.forget(partition)
+            failed = {x: failed.get(x, _describe(exc)) for x in involved}
+            out = self._build(partition, epoch, records, stored, failed)
+        return self._failed_batch(partition, failed, out)
+
+    def _failed_batch(self, p: int, failed: Mapping[str, str], out: PreparedBatch
+                      ) -> PreparedBatch:
+        self._failing[p] = set(failed)
+        for x, reason in sorted(failed.items()):
+            log.error("partition %d: building experiment %r's part of a batch failed (%s); "
+                      "its messages of the batch go to the dead-letter topic", p, x, reason)
+        return out
+
+    def _isolate(self, p: int, epoch: int, records: Sequence[RawRecord],
+                 stored: Mapping[str, int | None] | None, candidates: Collection[str]
+                 ) -> dict[str, str]:
+        """Experiments of ``candidates`` whose part of the batch raises when built alone →
+        the reason."""
+        failed: dict[str, str] = {}
+        for x in sorted(candidates):
+            others = {y: "" for y in self.layouts if y != x}
+            try:
+                self._build(p, epoch, records, stored, others)
+            except StoreError:
+                raise
+            except Exception as exc:
+                failed[x] = _describe(exc)
+            finally:
+                self.forget(p)
+        return failed
+
+    def _involved(self, records: Sequence[RawRecord]) -> set[str]:
+        out = {x for x, lay in self.layouts.items() if lay.prediction_columns}  # maturity
+        for _, msg, reason in map(self._parse, records):
+            if reason is not None or msg is None:
+                continue
+            if msg.experiment is not None:
+                out.add(msg.experiment)
+            elif isinstance(msg, Event):
+                out.update(self._routes.get(msg.event, []))
+        return out
+
+    def _parse(self, r: RawRecord) -> Parsed:
+        if r.topic == self.topics.exposures:
+            msg: Exposure | Event | Rejected = parse_exposure(r.value)
+        else:
+            msg = parse_event(r.value)
+        reason = self._reject_reason(msg)
+        if isinstance(msg, Rejected) or reason is not None:
+            return r, None, reason or "invalid message"
+        if r.key is not None and r.key != msg.unit.encode():
+            return r, None, _key_mismatch(r.key, msg.unit)
+        return r, msg, None
+
+    def _build(self, partition: int, epoch: int, records: Sequence[RawRecord],
+               stored: Mapping[str, int | None] | None,
+               failed: Mapping[str, str]) -> PreparedBatch:
+        """One attempt; experiments in ``failed`` take no part (their messages are dead
+        letters with the reason, counted ``<experiment>:build_failed``)."""
         w = BatchWrite(partition, epoch)
         out = PreparedBatch(w)
         firsts: dict[str, int] = {}
@@ -143,29 +259,39 @@ class BatchBuilder:
         exposures: list[Exposure] = []
         events: list[Event] = []
         for r in records:
+            _, msg, reason = self._parse(r)
             firsts.setdefault(r.topic, r.offset)
             firsts[r.topic] = min(firsts[r.topic], r.offset)
             nexts[r.topic] = max(nexts.get(r.topic, 0), r.offset + 1)
-            if r.topic == self.topics.exposures:
-                msg: Exposure | Event | Rejected = parse_exposure(r.value)
-            else:
-                msg = parse_event(r.value)
+            if r.topic != self.topics.exposures:
                 out.events_in += 1
-            reason = self._reject_reason(msg)
-            if reason is not None:
-                out.dead_letters.append(DeadLetter(r, reason))
+            if reason is not None or msg is None:
+                out.dead_letters.append(DeadLetter(r, reason or "invalid message"))
                 continue
+            held_out = self._failed_targets(msg, failed)
+            for x in held_out:
+                out.dead_letters.append(DeadLetter(r, _build_failed(x, failed[x])))
+                w.counters[f"{x}:build_failed"] += 1
             if isinstance(msg, Exposure):
-                exposures.append(msg)
-            elif isinstance(msg, Event):
+                if not held_out:
+                    exposures.append(msg)
+            elif msg.experiment is None or not held_out:
                 events.append(msg)
         w.offsets = [(t, stored[t] if stored is not None and t in stored else
                       (firsts[t] or None), nexts[t]) for t in sorted(firsts)]
         w.counters["dead_letters"] += len(out.dead_letters)
         w.counters["messages"] += len(records)
-        self._apply(partition, w, exposures, events)
-        self._mature(partition, w, out, exposures, events)
+        self._apply(partition, w, exposures, events, failed)
+        self._mature(partition, w, out, exposures, events, failed)
         return out
+
+    def _failed_targets(self, msg: Exposure | Event, failed: Mapping[str, str]) -> list[str]:
+        if not failed:
+            return []
+        if msg.experiment is not None:
+            return [msg.experiment] if msg.experiment in failed else []
+        assert isinstance(msg, Event)
+        return [x for x in self._routes.get(msg.event, []) if x in failed]
 
     def _reject_reason(self, msg: Exposure | Event | Rejected) -> str | None:
         if isinstance(msg, Rejected):
@@ -181,18 +307,31 @@ class BatchBuilder:
             return f"unknown experiment {msg.experiment!r}"
         return None
 
-    def _targets(self, e: Event) -> list[str]:
+    def _targets(self, e: Event, w: BatchWrite, failed: Collection[str]) -> list[str]:
         if e.experiment is not None:
             lay = self.layouts[e.experiment]
+            if lay.definition.status != "running":  # stopped: frozen, whatever the time
+                w.counters[f"{e.experiment}:events_after_stop"] += 1
+                return []
             return [e.experiment] if e.event in lay.event_columns else []
-        return self._routes.get(e.event, [])
+        routes = self._routes.get(e.event, _NO_ROUTES)
+        return [x for x in routes if x not in failed] if failed else routes
+
+    def _held_targets(self, h: HeldEvent) -> list[str]:
+        """Running experiments a held event waits for."""
+        if h.experiment is not None:
+            lay = self.layouts.get(h.experiment)
+            if lay is None or lay.definition.status != "running":
+                return []
+            return [h.experiment] if h.event in lay.event_columns else []
+        return list(self._routes.get(h.event, []))
 
     def _apply(self, p: int, w: BatchWrite, exposures: list[Exposure],
-               events: list[Event]) -> None:
+               events: list[Event], failed: Collection[str] = ()) -> None:
         need: dict[str, set[str]] = defaultdict(set)
         for ex in exposures:
             need[ex.experiment].add(ex.unit)
-        targets = [self._targets(e) for e in events]
+        targets = [self._targets(e, w, failed) for e in events]
         for e, ts in zip(events, targets, strict=True):
             for name in ts:
                 need[name].add(e.unit)
@@ -211,9 +350,10 @@ class BatchBuilder:
         for x in exposures:
             lay = self.layouts[x.experiment]
             d = lay.definition
-            if (d.start is not None and x.ts < d.start) or (d.end is not None and x.ts > d.end) \
-                    or d.status != "running":
-                w.counters[f"{x.experiment}:exposures_outside_window"] += 1
+            if not accepts(d.status, d.start, d.end, x.ts):
+                name = "exposures_after_stop" if d.status != "running" else \
+                    "exposures_outside_window"
+                w.counters[f"{x.experiment}:{name}"] += 1
                 continue
             key = (x.experiment, x.unit)
             st = current.get(key)
@@ -232,7 +372,7 @@ class BatchBuilder:
                         w.zadd.append((keys.maturity(p), window, f"{x.experiment}\x00{x.unit}"))
                 st = UnitState(v, 0, x.ts, tuple(raw), (), versions)
                 for h in held.get(x.unit, []):
-                    if h.experiment in (None, x.experiment):
+                    if h.experiment in (None, x.experiment) and h.event in lay.event_columns:
                         st = self._count(lay, st, h.event, h.value, h.ts, h.id, w, x.experiment)
                 current[key] = st
                 w.counters[f"{x.experiment}:exposures"] += 1
@@ -245,7 +385,6 @@ class BatchBuilder:
             else:
                 w.counters[f"{x.experiment}:repeat_exposures"] += 1
 
-        stored_held: int | None = None
         for e, ts in zip(events, targets, strict=True):
             last_ts = e.ts if last_ts is None else max(last_ts, e.ts)
             missing = False
@@ -258,44 +397,98 @@ class BatchBuilder:
                 current[ekey] = self._count(self.layouts[name], est, e.event, e.value, e.ts,
                                             e.id, w, name)
             if missing:
-                if e.unit not in held:
-                    if stored_held is None:
-                        stored_held = self.store.pending_count(p)
-                    if stored_held + len(held) - len(held_stored) >= self.max_pending:
-                        w.counters["held_overflow"] += 1
-                        continue
                 lst = held.setdefault(e.unit, [])
-                if len(lst) >= 1000:
-                    w.counters["held_overflow"] += 1
-                else:
-                    lst.append(HeldEvent(e.event, e.value, e.ts, e.experiment, e.id))
-                    held_changed.add(e.unit)
-            elif not ts:
+                lst.append(HeldEvent(e.event, e.value, e.ts, e.experiment, e.id))
+                held_changed.add(e.unit)
+                if len(lst) > MAX_HELD_PER_UNIT:  # the unit's oldest held event goes first
+                    self._count_evicted(w, e.unit, [lst.pop(0)], current)
+            elif not ts and not self._frozen(e) and not self._failed_only(e, failed):
                 w.counters["events_unrouted"] += 1
         w.counters["events"] += len(events)
         if last_ts is not None:
             # freshness: a far-future timestamp must not claim data newer than it is
             last_ts = min(last_ts, self.clock() + CLOCK_SKEW_SECONDS)
         w.last_event_ts = last_ts
+        self._settle_held(p, w, held, held_stored, held_changed, current,
+                          bool(held_stored or held_changed or exposures or events))
+        self._deltas(p, w, initial, current)
 
+    def _failed_only(self, e: Event, failed: Collection[str]) -> bool:
+        return bool(failed) and any(x in failed for x in self._routes.get(e.event, []))
+
+    def _frozen(self, e: Event) -> bool:
+        """A tagged event of a stopped experiment (counted ``events_after_stop``)."""
+        return (e.experiment is not None
+                and self.layouts[e.experiment].definition.status != "running")
+
+    def _settle_held(self, p: int, w: BatchWrite, held: dict[str, list[HeldEvent]],
+                     held_stored: Mapping[str, Sequence[HeldEvent]], held_changed: set[str],
+                     current: Mapping[tuple[str, str], UnitState | None], touched: bool
+                     ) -> None:
+        """Prune held events every target already took, expire those past the grace period,
+        then keep at most ``max_pending`` units held: evict the units held longest."""
+        for u, lst in held.items():
+            keep = [h for h in lst if not self._taken(u, h, current)]
+            if len(keep) < len(lst):
+                held[u] = keep
+                held_changed.add(u)
         now = self.clock()
-        for u in held_changed:
-            w.pending_set[u] = _HELD.encode(held[u])
-            if u not in held_stored:  # the grace period runs from when a unit was first held
-                w.pending_queue_add[u] = now
-        if held_stored or held_changed or exposures or events:
+        for u in sorted(held_changed):
+            if held[u]:
+                w.pending_set[u] = _HELD.encode(held[u])
+                if u not in held_stored:  # the grace period runs from when first held
+                    w.pending_queue_add[u] = now
+            else:
+                held_changed.discard(u)
+                if u in held_stored:
+                    w.pending_del.add(u)
+        if touched:
             for u in self.store.expired_pending(p, now - self.grace):
-                if u not in held_changed:
+                if u not in held_changed and u not in w.pending_del:
                     w.pending_del.add(u)
                     w.counters["held_expired"] += 1
-        self._deltas(p, w, initial, current)
+        new_units = [u for u in held if u in w.pending_queue_add]  # arrival order
+        if not new_units:
+            return
+        excess = (self.store.pending_count(p) - len(w.pending_del) + len(new_units)
+                  - self.max_pending)
+        if excess <= 0:
+            return
+        victims = [u for u in self.store.oldest_pending(p, excess + len(w.pending_del))
+                   if u not in w.pending_del][:excess]
+        victims += new_units[:excess - len(victims)]
+        missing = [u for u in victims if u not in held]
+        for u, blob in self.store.read_pending(p, missing).items():
+            held[u] = list(_HELD_DECODE.decode(blob))
+        for u in victims:
+            self._count_evicted(w, u, held.get(u, []), current)
+            w.pending_set.pop(u, None)
+            if u in w.pending_queue_add:
+                del w.pending_queue_add[u]
+            else:
+                w.pending_del.add(u)
+
+    def _taken(self, unit: str, h: HeldEvent, current: Mapping[tuple[str, str],
+                                                                   UnitState | None]) -> bool:
+        """Whether every experiment the held event waits for has the unit exposed (so it
+        has counted it, or will never)."""
+        wanted = self._held_targets(h)
+        return bool(wanted) and all(current.get((x, unit)) is not None for x in wanted)
+
+    def _count_evicted(self, w: BatchWrite, unit: str, dropped: Sequence[HeldEvent],
+                       current: Mapping[tuple[str, str], UnitState | None]) -> None:
+        for h in dropped:
+            w.counters["held_evicted"] += 1
+            for x in self._held_targets(h):
+                if current.get((x, unit)) is None:
+                    w.counters[f"{x}:held_evicted"] += 1
 
     def _count(self, lay: ExperimentLayout, st: UnitState, event: str, value: float, ts: float,
                event_id: str | None, w: BatchWrite, experiment: str) -> UnitState:
         d = lay.definition
         if st.withdrawn:
             return st
-        if ts < st.exposed_at or (d.end is not None and ts > d.end):
+        if ts < st.exposed_at or not in_window(None, d.end, ts):
             w.counters[f"{experiment}:events_outside_window"] += 1
             return st
         seen = st.seen
@@ -305,7 +498,13 @@ class BatchBuilder:
                 w.counters[f"{experiment}:duplicate_events"] += 1
                 return st
             seen = (*seen, fp)
+            if len(seen) > self.max_ids:  # forget the oldest ids first
+                w.counters[f"{experiment}:event_ids_evicted"] += len(seen) - self.max_ids
+                seen = seen[len(seen) - self.max_ids:]
         raw = list(st.raw)
+        if len(raw) != lay.width:
+            raise ValueError(f"stored unit state of {experiment!r} has {len(raw)} columns; "
+                             f"the definition has {lay.width} (its layout changed)")
         for col in lay.event_columns[event]:
             raw[col] += 1.0 if lay.counts_events[col] else value
         return UnitState(st.variation, st.flags, st.exposed_at, tuple(raw), seen, st.versions)
@@ -332,7 +531,7 @@ class BatchBuilder:
         return d.end
 
     def _mature(self, p: int, w: BatchWrite, out: PreparedBatch, exposures: list[Exposure],
-                events: list[Event]) -> None:
+                events: list[Event], failed: Collection[str] = ()) -> None:
         """Units whose outcome window closed become training examples (exposure features →
         outcome); they were predicted at exposure, so no unit trains its own prediction."""
         if not any(lay.prediction_columns for lay in self.layouts.values()):
@@ -346,6 +545,8 @@ class BatchBuilder:
         wanted: dict[str, list[str]] = defaultdict(list)
         for m in members:
             experiment, _, unit = m.partition("\x00")
+            if experiment in failed:  # left for a later batch
+                continue
             if experiment in self.layouts:
                 wanted[experiment].append(unit)
             w.zrem.append((keys.maturity(p), m))
@@ -372,6 +573,8 @@ class BatchBuilder:
             if st is None or st == before:
                 continue
             x, unit = key
+            if before is not None and before.legacy_ids:  # format-1 CRC-32 ids, dropped
+                w.counters[f"{x}:event_ids_evicted"] += before.legacy_ids
             w.units[(x, keys.bucket_of(unit, self.buckets), unit)] = st.pack()
             w.unit_states[(x, unit)] = st
             names = self.layouts[x].definition.variations
@@ -412,6 +615,22 @@ class BatchBuilder:
         sums = recentre_sums(stored.sums, stored.shift, moved) + delta
         cache[variation] = MomentMatrix(columns, moved, sums)
         return moved, delta, stored.shift
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _build_failed(experiment: str, reason: str) -> str:
+    return (f"experiment {experiment!r}: building its part of the batch failed ({reason}); "
+            f"not applied to it")
+
+
+def _key_mismatch(key: bytes, unit: str) -> str:
+    shown = key[:70].decode("utf-8", "replace")
+    return (f"key: the Kafka key {shown!r} is not the unit id {unit[:70]!r} (messages must "
+            f"be keyed by unit id so they reach the unit's partition)")
 
 
 def _outer_sum(vectors: FloatArray, shift: FloatArray) -> FloatArray:

@@ -58,6 +58,7 @@ from state.alerts import AlertStateStore
 from state.registry import ExperimentDef, Registry
 from state.results import experiment_document
 from state.store import Client, connect
+from state.window import accepts
 from workers.settings import Settings, SettingsError, load_settings
 from workers.webhooks import WebhookDispatcher
 
@@ -356,7 +357,7 @@ class Alerter:
             return []
         alerts: list[Alert] = []
         for d in self.registry.list():
-            if d.status != "running" or not d.is_active(now):
+            if not accepts(d.status, d.start, d.end, now):
                 continue
             try:
                 alerts += self._evaluate(d, now)

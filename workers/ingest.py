@@ -70,7 +70,7 @@ class IngestWorker:
             self.models = ModelCache(ModelRegistry(self.client, settings.model_hmac_key))
         self.builder = BatchBuilder(self.store, self.topics, settings.unit_buckets,
                                     settings.grace_seconds, settings.max_pending_events,
-                                    self.models)
+                                    self.models, max_ids_per_unit=settings.event_ids_per_unit)
         self.owned: dict[int, int] = {}
         self.stop_event = threading.Event()
         self.consumer: KafkaConsumer | None = None
@@ -175,7 +175,8 @@ class IngestWorker:
                 by_partition: dict[int, list[RawRecord]] = defaultdict(list)
                 for tp, records in polled.items():
                     for r in records:
-                        by_partition[tp.partition].append(RawRecord(tp.topic, r.offset, r.value))
+                        by_partition[tp.partition].append(
+                            RawRecord(tp.topic, r.offset, r.value, r.key))
                 try:
                     if self.unclaimed:
                         self.acquire(set(self.unclaimed))

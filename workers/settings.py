@@ -64,6 +64,7 @@ class Settings:
     grace_seconds: float = 600.0
     max_pending_events: int = 100_000
     unit_buckets: int = 4096
+    event_ids_per_unit: int = 1000
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_read_tokens: tuple[str, ...] = ()
@@ -157,7 +158,8 @@ _FIELDS: Final = {f.name: f for f in dataclasses.fields(Settings)}
 _POSITIVE_INT: Final = ("partitions", "batch_size", "batch_timeout_ms", "max_pending_events",
                         "unit_buckets", "learner_snapshot_examples", "learner_dedupe_window",
                         "results_cache_entries", "results_cache_bytes", "api_max_body_bytes",
-                        "api_compute_threads", "api_compute_queue", *LIMIT_FIELDS)
+                        "api_compute_threads", "api_compute_queue", "event_ids_per_unit",
+                        *LIMIT_FIELDS)
 _NONNEGATIVE_FLOAT: Final = ("grace_seconds", "results_cache_seconds")
 _POSITIVE_FLOAT: Final = ("alert_interval_seconds", "stale_after_seconds",
                           "learner_snapshot_seconds")

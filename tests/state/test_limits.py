@@ -143,9 +143,9 @@ def test_stored_definitions_are_held_to_the_storage_ceilings_only() -> None:
     wide = DefinitionLimits(max_variations=200)
     d = parse_definition(base(variations=[f"v{i}" for i in range(200)]), wide)
     assert ExperimentDef.from_json(d.to_json()) == d
-    poison = json.loads(parse_definition(_wide(127, 1), CEILINGS).to_json())
+    poison = json.loads(parse_definition(_wide(255, 0, model=False), CEILINGS).to_json())
     poison["metrics"].append({"name": "extra", "event": "e", "aggregate": "sum", "cap": None})
-    with pytest.raises(DefinitionError, match="columns: 257 unit-state columns"):
+    with pytest.raises(DefinitionError, match="metrics: 256 metrics"):
         ExperimentDef.from_json(json.dumps(poison))
 
 

@@ -201,7 +201,7 @@ def test_definition_limits_from_settings() -> None:
     assert (limits.max_variations, limits.max_metrics, limits.max_definition_bytes) == \
         (8, 20, 4096)
     assert limits.max_columns == 255
-    for var, bad, fragment in (("LIFTSTREAM_MAX_COLUMNS", "256", "at most 255"),
+    for var, bad, fragment in (("LIFTSTREAM_MAX_COLUMNS", "1025", "at most 1024"),
                                ("LIFTSTREAM_MAX_VARIATIONS", "1000", "at most 255"),
                                ("LIFTSTREAM_MAX_METRICS", "0", "a positive integer"),
                                ("LIFTSTREAM_MAX_COVARIATES", "many", "a positive integer")):
