@@ -14,8 +14,9 @@ Endpoints (OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
 ``PUT /v1/experiments/{id}``                admin    replace an existing definition
 ``POST /v1/experiments/{id}/stop``          admin    mark stopped
 ``GET /v1/experiments/{id}/results``        read     the result document + ``freshness``
-``GET /v1/experiments/{id}/history``        read     snapshots over time, one series per
-                                                     metric × treatment × estimator
+``GET /v1/experiments/{id}/history``        read     snapshots since the experiment's start
+                                                     (tiered), one series per metric ×
+                                                     treatment × estimator
 =========================================  =======  =========================================
 
 Authentication: ``Authorization: Bearer <token>``; tokens come from
@@ -73,6 +74,7 @@ from state.results import experiment_document_with
 from state.store import Client, partition_count, read_counters
 from stream.lag import LagMonitor
 from workers.cache import SingleFlightCache
+from workers.history_recorder import HistoryRecorder
 from workers.settings import Settings
 
 __all__ = ["ApiError", "Auth", "create_app", "resolve_auth", "shape_results"]
@@ -472,8 +474,9 @@ def _plain_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, 
 
 
 def create_app(settings: Settings, *, auth: Auth | None = None, client: Client | None = None,
-               lag_interval: float | None = 5.0) -> FastAPI:
-    """The FastAPI application; ``lag_interval=None`` disables the Kafka lag monitor."""
+               lag_interval: float | None = 5.0, record_history: bool = False) -> FastAPI:
+    """The FastAPI application; ``lag_interval=None`` disables the Kafka lag monitor;
+    ``record_history`` records result history while the app runs (``liftstream api`` does)."""
     client = client if client is not None else api_client(settings)
     metrics_registry = CollectorRegistry(auto_describe=False)
     ttl = settings.results_cache_seconds
@@ -489,13 +492,20 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     metrics_registry.register(_IngestCollector(api))
     page = _dashboard_html()
 
+    recorder = (HistoryRecorder(client, settings.alert_interval_seconds)
+                if record_history else None)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if api.lag is not None:
             api.lag.start()
+        if recorder is not None:
+            recorder.start()
         try:
             yield
         finally:
+            if recorder is not None:
+                recorder.stop()
             if api.lag is not None:
                 api.lag.stop()
 
@@ -699,7 +709,7 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
         return Response(encode(res, estimator, sequential, alpha, correction),
                         media_type="application/json")
 
-    def load_history(experiment_id: str, limit: int
+    def load_history(experiment_id: str, limit: int | None
                      ) -> tuple[ExperimentDef, list[dict[str, Any]]] | None:
         d = api.registry.get(experiment_id)
         if d is None:
@@ -707,19 +717,20 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
         return d, history.read(api.client, experiment_id, limit)
 
     @app.get("/v1/experiments/{experiment_id}/history", tags=["results"],
-             summary="Results over time (snapshots written by the alerter)")
+             summary="Results over time since the experiment's start (tiered resolution)")
     async def experiment_history(
         experiment_id: ExperimentId, _: Read,
         metric: Annotated[str | None, Query(description="only this metric")] = None,
         treatment: Annotated[str | None, Query(description="only this treatment")] = None,
         estimator: Annotated[EstimatorName | None, Query(
             description="only this estimator")] = None,
-        limit: Annotated[int, Query(ge=1, le=history.HISTORY_LIMIT,
-                                    description="newest snapshots to consider")
-                         ] = history.HISTORY_LIMIT,
+        limit: Annotated[int | None, Query(ge=1, le=history.MAX_POINTS,
+                                           description="only the newest snapshots (default: "
+                                                       "all, since the start)")] = None,
         max_points: Annotated[int | None, Query(
-            ge=2, le=history.HISTORY_LIMIT,
-            description="thin the snapshots evenly to at most this many (the newest kept)")
+            ge=2, le=history.MAX_POINTS,
+            description="thin the snapshots evenly in time to at most this many (the first "
+                        "of each equal time bucket, and the newest; never interpolated)")
         ] = None,
     ) -> dict[str, Any]:
         got = await api.histories.get((experiment_id, limit),
@@ -728,8 +739,8 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
             raise ApiError(404, "not_found", f"no experiment {experiment_id!r}")
         d, snaps = got
         if max_points is not None and len(snaps) > max_points:
-            step = (len(snaps) - 1) / (max_points - 1)
-            snaps = [snaps[round(i * step)] for i in range(max_points)]
+            snaps = [snaps[i] for i in history.thin_evenly([s["ts"] for s in snaps],
+                                                            max_points)]
         if metric is not None and metric not in d.metric_names():
             raise ApiError(422, "invalid_request",
                            f"query parameter 'metric': {metric!r} is not a metric of "
@@ -738,8 +749,11 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
             raise ApiError(422, "invalid_request",
                            f"query parameter 'treatment': {treatment!r} is not a treatment "
                            f"of {experiment_id!r}; treatments: {', '.join(d.variations[1:])}")
+        interval = api.settings.alert_interval_seconds
         return {"experiment": experiment_id, "points": len(snaps),
-                "interval_seconds": api.settings.alert_interval_seconds,
+                "interval_seconds": interval,
+                "tiers": [{"resolution_seconds": t.resolution, "span_seconds": t.span}
+                          for t in history.tiers(interval)],
                 "series": history.series(snaps, metric, treatment, estimator),
                 "srm": {"ts": [s["ts"] for s in snaps],
                         "p_value": [s.get("srm_p") for s in snaps],

@@ -39,7 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
               f"  token:     {generated}\n"
               f"  dashboard: http://{shown}:{port}/?token={generated}", file=sys.stderr,
               flush=True)
-    app = create_app(settings, auth=auth, lag_interval=None if args.no_lag else args.lag_interval)
+    app = create_app(settings, auth=auth, lag_interval=None if args.no_lag else args.lag_interval,
+                     record_history=not args.no_history)
     uvicorn.run(app, host=host, port=port, log_level=args.log_level,
                 access_log=args.access_log, timeout_graceful_shutdown=5)
     return 0
@@ -61,6 +62,9 @@ def add_api_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--lag-interval", type=float, default=5.0,
                    help="seconds between consumer-lag measurements (5)")
     p.add_argument("--no-lag", action="store_true", help="do not measure consumer lag")
+    p.add_argument("--no-history", action="store_true",
+                   help="do not record result history from this process (the alerter and "
+                        "other replicas still do)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
