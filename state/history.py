@@ -47,6 +47,7 @@ Bound (10 s interval): at most 361 + 1,441 + 1,009 + 2,161 = 4,972 points
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -240,6 +241,17 @@ def series(snaps: Sequence[Mapping[str, Any]], metric: str | None = None,
 
 _ENCODE = msgspec.json.Encoder()
 _DECODE = msgspec.json.Decoder()
+
+
+def encode_snapshot(snap: Mapping[str, Any]) -> bytes:
+    """A snapshot as stored: zlib-compressed JSON (about a third of the JSON)."""
+    return zlib.compress(_ENCODE.encode(snap), 6)
+
+
+def decode_snapshot(blob: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = _DECODE.decode(zlib.decompress(blob))
+    return out
+
 _SCRIPTS: dict[tuple[int, str], Any] = {}
 
 
@@ -291,7 +303,7 @@ def record(client: Client, c: Claim, snap: Mapping[str, Any], interval: float,
     adds: list[tuple[int, float, bytes]] = []
     if c.prev is not None and c.first is not None:
         removes, adds = _coarsening(client, c, ts_, max_points)
-    args: list[Any] = [c.prev_raw, repr(float(t)), level, _ENCODE.encode(snap)]
+    args: list[Any] = [c.prev_raw, repr(float(t)), level, encode_snapshot(snap)]
     args.append(len(removes))
     for lvl, member in removes:
         args += [lvl, member]
@@ -348,7 +360,7 @@ def read(client: Client, experiment: str, limit: int | None = None) -> list[dict
     pipe = client.pipeline(transaction=False)
     for k in _level_keys(experiment, n):
         pipe.zrange(k, 0, -1)
-    snaps = [_DECODE.decode(m) for raw in pipe.execute() for m in raw]
+    snaps = [decode_snapshot(m) for raw in pipe.execute() for m in raw]
     snaps.sort(key=lambda s: s["ts"])
     return snaps if limit is None else snaps[-max(1, limit):]
 

@@ -8,7 +8,7 @@
 -- "count" followed by its tuples:
 --   remove  (level, member)          members dropped by a coarsening of the last level
 --   add     (level, score, member)   members moved to another level by that coarsening
---   trim    (level, cutoff)          members with score < cutoff leave the level
+--   trim    (level, cutoff)          members with score <= cutoff leave the level
 -- Returns 1 when recorded, 0 when another recorder wrote in between.
 local prev = redis.call('HGET', KEYS[1], 'ts') or ''
 if prev ~= ARGV[1] then
@@ -27,7 +27,7 @@ end
 redis.call('ZADD', KEYS[2 + level], ts, blob)
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  redis.call('ZREMRANGEBYSCORE', KEYS[2 + tonumber(ARGV[i])], '-inf', '(' .. ARGV[i + 1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2 + tonumber(ARGV[i])], '-inf', ARGV[i + 1])
   i = i + 2
 end
 redis.call('HSET', KEYS[1], 'ts', ts)
