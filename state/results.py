@@ -11,6 +11,7 @@ from estimators.report import Correction, slice_document
 from state.layout import ExperimentLayout
 from state.registry import ExperimentDef
 from state.store import (
+    LAST_EVENT_TS,
     Client,
     partition_count,
     read_counters,
@@ -43,8 +44,9 @@ def experiment_document(client: Client, d: ExperimentDef,
     counters = read_counters(client, parts)
     prefix = f"{d.id}:"
     doc["counters"] = {k[len(prefix):]: int(v) for k, v in counters.items()
-                       if k.startswith(prefix)}
-    doc["freshness"] = {"last_event_ts": counters.get("last_event_ts")}
+                       if k.startswith(prefix) and k != prefix + LAST_EVENT_TS}
+    # the experiment's own freshness: the newest event applied to it, not the pipeline's
+    doc["freshness"] = {"last_event_ts": counters.get(prefix + LAST_EVENT_TS)}
     warnings = experiment_warnings(d.id, counters, read_partition_warnings(client, parts))
     return {"experiment": d.id, "warnings": warnings, "slices": [doc]}
 

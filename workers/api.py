@@ -373,13 +373,19 @@ class _IngestCollector(Collector):
         for d in defs:
             exposures.add_metric([d.id], c.get(f"{d.id}:exposures", 0.0))
             running.add_metric([d.id], 1.0 if d.status == "running" else 0.0)
+        last = GaugeMetricFamily("liftstream_experiment_last_event_timestamp_seconds",
+                                 "newest event time applied to the experiment (event time)",
+                                 labels=["experiment"])
         for name, v in sorted(c.items()):
             exp, sep, counter = name.rpartition(":")
-            if sep and exp in ids and counter != "exposures":
+            if sep and exp in ids and counter == "last_event_ts":
+                last.add_metric([exp], v)
+            elif sep and exp in ids and counter != "exposures":
                 other.add_metric([exp, counter], v)
         yield exposures
         yield other
         yield running
+        yield last
 
     def _lag(self) -> Iterator[Metric]:
         monitor = self.api.lag
