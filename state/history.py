@@ -28,7 +28,7 @@ dropped when older than its level's span. The history served is the union of all
 (:func:`expected_times` states the rule as a definition; a test compares both).
 
 Bound (10 s interval): at most 361 + 1,441 + 1,009 + 2,161 = 4,972 points
-(:func:`point_bound`); a 30-day experiment holds 3,156 (BENCHMARKS.md has the bytes).
+(:func:`point_bound`); a 30-day experiment holds 3,157 (BENCHMARKS.md has the bytes).
 
 >>> doc = {"slices": [{"variations": [{"name": "a", "n": 3}, {"name": "b", "n": 4}],
 ...        "srm": {"p_value": 0.5, "sequential_p_value": 1.0}, "metrics": [{"metric": "m",
@@ -40,7 +40,7 @@ Bound (10 s interval): at most 361 + 1,441 + 1,009 + 2,161 = 4,972 points
 [1.0, 1.0]
 >>> [(t.resolution, t.span) for t in tiers(10.0)]
 [(10.0, 3600.0), (60.0, 86400.0), (600.0, 604800.0), (3600.0, None)]
->>> level_of(tiers(10.0), 130.0, 120.0, 0.0), level_of(tiers(10.0), 3600.0, 3590.0, 0.0)
+>>> level_of(tiers(10.0), 120.0, 110.0, 0.0), level_of(tiers(10.0), 3600.0, 3590.0, 0.0)
 (1, 3)
 """
 
@@ -58,10 +58,10 @@ import msgspec
 from state import keys
 from state.store import Client
 
-__all__ = ["COARSE_MAX_POINTS", "MAX_POINTS", "VALUES", "Claim", "Tier", "claim",
-           "coarse_resolution", "delete", "expected_times", "first_per_bucket", "level_of",
-           "point_bound", "read", "record", "record_due", "series", "snapshot", "thin_evenly",
-           "tiers"]
+__all__ = ["COARSE_MAX_POINTS", "LEVELS", "MAX_POINTS", "VALUES", "Claim", "Tier", "claim",
+           "coarse_resolution", "coarsening", "decode_snapshot", "delete", "encode_snapshot",
+           "expected_times", "first_per_bucket", "level_of", "point_bound", "read", "record",
+           "record_due", "series", "snapshot", "stored_bytes", "thin_evenly", "tiers"]
 
 HOUR, DAY, WEEK = 3600.0, 86400.0, 604800.0
 #: (resolution, span) of the tiers after the finest one; ``None``: since the first snapshot.
@@ -319,28 +319,37 @@ def record(client: Client, c: Claim, snap: Mapping[str, Any], interval: float,
     return int(done) == 1
 
 
-def _coarsening(client: Client, c: Claim, ts_: Sequence[Tier], max_points: int
-                ) -> tuple[list[tuple[int, bytes]], list[tuple[int, float, bytes]]]:
-    """When the last tier's resolution doubles at ``c.ts``: its members no longer first in
-    their bucket move one level down (if that level's span covers them) or go."""
-    assert c.prev is not None and c.first is not None
+def coarsening(ts_: Sequence[Tier], scores: Sequence[float], first: float, prev: float,
+               now: float, max_points: int = COARSE_MAX_POINTS) -> tuple[list[int], list[int]]:
+    """When the last tier's resolution doubles between ``prev`` and ``now``: which of its
+    members (``scores``, ascending) leave it (first list) and, of those, which move one level
+    down because that level's span still covers them (second list)."""
     last = len(ts_) - 1
-    old = coarse_resolution(ts_[last].resolution, c.first, c.prev, max_points)
-    new = coarse_resolution(ts_[last].resolution, c.first, c.ts, max_points)
+    old = coarse_resolution(ts_[last].resolution, first, prev, max_points)
+    new = coarse_resolution(ts_[last].resolution, first, now, max_points)
     if new == old:
         return [], []
+    keep = set(first_per_bucket(scores, new))
+    gone = [i for i in range(len(scores)) if i not in keep]
+    span = ts_[last - 1].span if last > 0 else None
+    moved = [i for i in gone if span is not None and now - scores[i] < span]
+    return gone, moved
+
+
+def _coarsening(client: Client, c: Claim, ts_: Sequence[Tier], max_points: int
+                ) -> tuple[list[tuple[int, bytes]], list[tuple[int, float, bytes]]]:
+    """:func:`coarsening` applied to the stored last level (read only when it coarsens)."""
+    assert c.prev is not None and c.first is not None
+    last = len(ts_) - 1
+    base = ts_[last].resolution
+    if coarse_resolution(base, c.first, c.prev, max_points) == \
+            coarse_resolution(base, c.first, c.ts, max_points):
+        return [], []
     raw: Any = client.zrange(keys.history_level(c.experiment, last), 0, -1, withscores=True)
-    members = [(float(s), bytes(m)) for m, s in raw]
-    keep = set(first_per_bucket([s for s, _ in members], new))
-    removes, adds = [], []
-    for i, (score, member) in enumerate(members):
-        if i in keep:
-            continue
-        removes.append((last, member))
-        span = ts_[last - 1].span if last > 0 else None
-        if last > 0 and span is not None and c.ts - score < span:
-            adds.append((last - 1, score, member))
-    return removes, adds
+    members = [(float(score), bytes(m)) for m, score in raw]
+    gone, moved = coarsening(ts_, [sc for sc, _ in members], c.first, c.prev, c.ts, max_points)
+    return ([(last, members[i][1]) for i in gone],
+            [(last - 1, members[i][0], members[i][1]) for i in moved])
 
 
 def record_due(client: Client, experiment: str, now: float, interval: float,
