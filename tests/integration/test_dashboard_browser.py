@@ -112,7 +112,7 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
                                browser: Any) -> None:
     s = streaming_settings(broker.bootstrap, redis_url, unique("dash"),
                            api_read_tokens=(TOKEN,), api_admin_tokens=("dash-admin",),
-                           results_cache_seconds=0.5)
+                           results_cache_seconds=0.5, alert_interval_seconds=0.2)
     create_topics(s)
     client = redis_client(s)
     exp = "checkout-redesign"
@@ -129,7 +129,7 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
             alerter.evaluate_once()
             time.sleep(0.3)  # distinct snapshot times on the chart's axis
 
-        with api_server(s, tmp_path, "--lag-interval", "1") as server:
+        with api_server(s, tmp_path, "--lag-interval", "1", "--no-history") as server:
             browser.get(f"{server.url}/?token={TOKEN}#exp={exp}")
             wait = WebDriverWait(browser, 20,
                                  ignored_exceptions=(StaleElementReferenceException,))
