@@ -1,7 +1,7 @@
 """History memory: Redis bytes of a 30-day experiment's tiered history (10 metrics × 3
 treatments), recorded at the default 10 s interval with a simulated clock.
 
-Run: ``python -m bench.history [--days 30] [--interval 10] [--steps 120]``; prints one JSON
+Run: ``python -m bench.history [--days 30] [--interval 10] [--steps 30]``; prints one JSON
 object. Starts its own Redis. The experiment is :mod:`bench.api_load`'s (4 variations, 10
 metrics, a covariate and an in-experiment candidate); its data grows in ``--steps`` steps
 (the moment matrices of the first rows, written through the workers' script), and every
@@ -30,8 +30,8 @@ DAY = 86400.0
 T0 = 1_790_000_000.0  # the experiment's start, simulated
 
 
-def run(days: float = 30.0, interval: float = 10.0, steps: int = 120,
-        units: int = 240_000) -> dict[str, Any]:
+def run(days: float = 30.0, interval: float = 10.0, steps: int = 30,
+        units: int = 60_000) -> dict[str, Any]:
     frame = unit_rows(units, seed=3)
     total = int(days * DAY / interval)
     per_step = max(1, total // steps)
@@ -57,7 +57,9 @@ def run(days: float = 30.0, interval: float = 10.0, steps: int = 120,
             t_record += time.perf_counter() - t1
             times.append(now)
         again = history.claim(client, EXPERIMENT, times[-1], interval)  # a second replica
+        t1 = time.perf_counter()
         snaps = history.read(client, EXPERIMENT)
+        read_s = time.perf_counter() - t1
         stored = history.stored_bytes(client, EXPERIMENT)
         levels = {f"l{i}": int(client.zcard(keys.history_level(EXPERIMENT, i)))
                   for i in range(history.LEVELS)}
@@ -74,14 +76,15 @@ def run(days: float = 30.0, interval: float = 10.0, steps: int = 120,
             "snapshot_json_bytes": len(json.dumps(snaps[-1], separators=(",", ":"))),
             "times_follow_the_rule": [s["ts"] for s in snaps] == expected,
             "points_exact": exact, "second_claim_refused": again is None,
-            "record_ms": round(1000 * t_record / len(times), 3)}
+            "record_ms": round(1000 * t_record / len(times), 3),
+            "read_all_ms": round(1000 * read_s, 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--days", type=float, default=30.0)
     ap.add_argument("--interval", type=float, default=10.0)
-    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args()
     print(json.dumps(run(args.days, args.interval, args.steps), indent=1))
 
