@@ -252,15 +252,14 @@ def decode_snapshot(blob: bytes) -> dict[str, Any]:
     out: dict[str, Any] = _DECODE.decode(zlib.decompress(blob))
     return out
 
-_SCRIPTS: dict[tuple[int, str], Any] = {}
+_SCRIPT_TEXT: dict[str, str] = {}
 
 
 def _script(client: Client, name: str) -> Any:
-    key = (id(client), name)
-    if key not in _SCRIPTS:
-        text = resources.files("state").joinpath(name).read_text()
-        _SCRIPTS[key] = client.register_script(text)
-    return _SCRIPTS[key]
+    """A Lua script of this package bound to ``client`` (EVALSHA, loaded on first use)."""
+    if name not in _SCRIPT_TEXT:
+        _SCRIPT_TEXT[name] = resources.files("state").joinpath(name).read_text()
+    return client.register_script(_SCRIPT_TEXT[name])
 
 
 def _level_keys(experiment: str, n: int) -> list[str]:
