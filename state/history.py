@@ -27,6 +27,12 @@ tier it belongs to (:func:`level_of`), is stored once, in that level's sorted se
 dropped when older than its level's span. The history served is the union of all levels
 (:func:`expected_times` states the rule as a definition; a test compares both).
 
+Redis part (keys in :mod:`state.keys`, one hash tag per experiment, so Cluster-safe):
+``history_claim.lua`` moves the experiment's last claimed interval number forward or refuses
+(so each interval is recorded once, and never an older one after a newer one);
+``history_record.lua`` stores the snapshot (zlib-compressed JSON) at its level and trims the
+levels, with a compare-and-set on the last recorded time. The rule itself is computed here.
+
 Bound (10 s interval): at most 361 + 1,441 + 1,009 + 2,161 = 4,972 points
 (:func:`point_bound`); a 30-day experiment holds 3,157 (BENCHMARKS.md has the bytes).
 
