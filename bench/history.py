@@ -60,6 +60,9 @@ def run(days: float = 30.0, interval: float = 10.0, steps: int = 30,
         t1 = time.perf_counter()
         snaps = history.read(client, EXPERIMENT)
         read_s = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        chart = history.read(client, EXPERIMENT, max_points=400)  # what the dashboard asks
+        chart_s = time.perf_counter() - t1
         stored = history.stored_bytes(client, EXPERIMENT)
         levels = {f"l{i}": int(client.zcard(keys.history_level(EXPERIMENT, i)))
                   for i in range(history.LEVELS)}
@@ -77,7 +80,9 @@ def run(days: float = 30.0, interval: float = 10.0, steps: int = 30,
             "times_follow_the_rule": [s["ts"] for s in snaps] == expected,
             "points_exact": exact, "second_claim_refused": again is None,
             "record_ms": round(1000 * t_record / len(times), 3),
-            "read_all_ms": round(1000 * read_s, 1)}
+            "read_all_ms": round(1000 * read_s, 1), "chart_points": len(chart),
+            "chart_span_days": round((chart[-1]["ts"] - chart[0]["ts"]) / DAY, 3),
+            "read_chart_ms": round(1000 * chart_s, 1)}
 
 
 def main() -> None:

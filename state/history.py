@@ -368,15 +368,20 @@ def record_due(client: Client, experiment: str, now: float, interval: float,
     return snap if record(client, c, snap, interval) else None
 
 
-def read(client: Client, experiment: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """The newest ``limit`` snapshots (all when ``None``) over every level, oldest first."""
-    n = LEVELS
+def read(client: Client, experiment: str, limit: int | None = None,
+         max_points: int | None = None) -> list[dict[str, Any]]:
+    """The newest ``limit`` snapshots (all when ``None``) over every level, oldest first,
+    thinned evenly in time to ``max_points`` (:func:`thin_evenly`) before decoding."""
     pipe = client.pipeline(transaction=False)
-    for k in _level_keys(experiment, n):
-        pipe.zrange(k, 0, -1)
-    snaps = [decode_snapshot(m) for raw in pipe.execute() for m in raw]
-    snaps.sort(key=lambda s: s["ts"])
-    return snaps if limit is None else snaps[-max(1, limit):]
+    for k in _level_keys(experiment, LEVELS):
+        pipe.zrange(k, 0, -1, withscores=True)
+    stored = sorted(((float(score), m) for raw in pipe.execute() for m, score in raw),
+                    key=lambda x: x[0])
+    if limit is not None:
+        stored = stored[-max(1, limit):]
+    if max_points is not None:
+        stored = [stored[i] for i in thin_evenly([t for t, _ in stored], max_points)]
+    return [decode_snapshot(m) for _, m in stored]
 
 
 def delete(client: Client, experiment: str) -> None:

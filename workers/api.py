@@ -715,12 +715,12 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
         return Response(encode(res, estimator, sequential, alpha, correction),
                         media_type="application/json")
 
-    def load_history(experiment_id: str, limit: int | None
+    def load_history(experiment_id: str, limit: int | None, max_points: int | None
                      ) -> tuple[ExperimentDef, list[dict[str, Any]]] | None:
         d = api.registry.get(experiment_id)
         if d is None:
             return None
-        return d, history.read(api.client, experiment_id, limit)
+        return d, history.read(api.client, experiment_id, limit, max_points)
 
     @app.get("/v1/experiments/{experiment_id}/history", tags=["results"],
              summary="Results over time since the experiment's start (tiered resolution)")
@@ -739,14 +739,11 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                         "of each equal time bucket, and the newest; never interpolated)")
         ] = None,
     ) -> dict[str, Any]:
-        got = await api.histories.get((experiment_id, limit),
-                                      lambda: load_history(experiment_id, limit))
+        got = await api.histories.get((experiment_id, limit, max_points),
+                                      lambda: load_history(experiment_id, limit, max_points))
         if got is None:
             raise ApiError(404, "not_found", f"no experiment {experiment_id!r}")
-        d, snaps = got
-        if max_points is not None and len(snaps) > max_points:
-            snaps = [snaps[i] for i in history.thin_evenly([s["ts"] for s in snaps],
-                                                            max_points)]
+        d, snaps = got  # thinned evenly in time before decoding (history.read)
         if metric is not None and metric not in d.metric_names():
             raise ApiError(422, "invalid_request",
                            f"query parameter 'metric': {metric!r} is not a metric of "
