@@ -178,7 +178,8 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
             assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
 
             # switching metric re-renders from the API
-            browser.find_element(By.CSS_SELECTOR, 'button.tab[data-metric="converted"]').click()
+            wait.until(lambda d: d.find_element(  # retried if a redraw replaced the tab
+                By.CSS_SELECTOR, 'button.tab[data-metric="converted"]').click() or True)
             wait.until(lambda d: text(d, "#chart-metric") == "converted")
             conv = series_of(api, "converted", "treatment")["estimators"][
                 series_of(api, "converted", "treatment")["primary"]]
