@@ -21,6 +21,7 @@
 --   zrem      (key_index, member)
 --   counters  (field, increment)
 --   last event time (number, or "" for none)
+--   per-experiment last event times (field "<experiment>:last_event_ts", number): maxima
 -- Returns {1} on success, {0, reason, detail} on refusal.
 
 local argi = 1
@@ -152,6 +153,13 @@ if last and last ~= '' then
   local cur = tonumber(redis.call('HGET', KEYS[3], 'last_event_ts') or '0')
   if tonumber(last) > cur then
     redis.call('HSET', KEYS[3], 'last_event_ts', last)
+  end
+end
+n = tonumber(nextarg() or '0')
+for i = 1, n do
+  local field, ts = nextarg(), nextarg()
+  if tonumber(ts) > tonumber(redis.call('HGET', KEYS[3], field) or '0') then
+    redis.call('HSET', KEYS[3], field, ts)
   end
 end
 

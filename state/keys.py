@@ -89,7 +89,9 @@ def maturity(partition: int) -> str:
 # | key | type | holds |
 # |---|---|---|
 # | ``ls:alert:<exp>`` | hash | ``condition → JSON state`` (what already fired), per experiment |
-# | ``ls:hist:<exp>`` | list | JSON result snapshots, oldest first, trimmed to a bound |
+# | ``ls:hist:{<exp>}:meta`` | hash | ``slot`` last claimed interval, ``ts`` last recorded
+# |   snapshot time, ``first`` first snapshot time (:mod:`state.history`) |
+# | ``ls:hist:{<exp>}:l<i>`` | zset | snapshots of history level ``i`` (score = time) |
 # | ``ls:alerter:lease`` | string | id of the alerter allowed to evaluate (expires) |
 
 
@@ -98,9 +100,14 @@ def alert_state(experiment: str) -> str:
     return f"{PREFIX}:alert:{experiment}"
 
 
-def history(experiment: str) -> str:
-    """List of one experiment's result snapshots (JSON, oldest first)."""
-    return f"{PREFIX}:hist:{experiment}"
+def history_meta(experiment: str) -> str:
+    """Hash of one experiment's history bookkeeping (same hash slot as its levels)."""
+    return f"{PREFIX}:hist:{{{experiment}}}:meta"
+
+
+def history_level(experiment: str, level: int) -> str:
+    """Sorted set of the snapshots of one history level (see :mod:`state.history`)."""
+    return f"{PREFIX}:hist:{{{experiment}}}:l{level}"
 
 
 def alerter_lease() -> str:

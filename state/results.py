@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import replace
 from typing import Any
 
@@ -14,10 +15,11 @@ from estimators.decision import decide_document
 from estimators.empirical_bayes import finished_record
 from estimators.moments import MomentMatrix
 from estimators.report import Correction, slice_document
-from state import finished, keys
+from state import finished, history
 from state.layout import ExperimentLayout
 from state.registry import ExperimentDef, Registry
 from state.store import (
+    LAST_EVENT_TS,
     Client,
     partition_count,
     read_counters,
@@ -58,8 +60,9 @@ def experiment_document(client: Client, d: ExperimentDef,
     counters = read_counters(client, parts)
     prefix = f"{d.id}:"
     doc["counters"] = {k[len(prefix):]: int(v) for k, v in counters.items()
-                       if k.startswith(prefix)}
-    doc["freshness"] = {"last_event_ts": counters.get("last_event_ts")}
+                       if k.startswith(prefix) and k != prefix + LAST_EVENT_TS}
+    # the experiment's own freshness: the newest event applied to it, not the pipeline's
+    doc["freshness"] = {"last_event_ts": counters.get(prefix + LAST_EVENT_TS)}
     warnings = experiment_warnings(d.id, counters, read_partition_warnings(client, parts))
     verdict = decide_document(doc, d.primary, d.guardrails, d.higher_is_better(), elapsed,
                               d.min_runtime_seconds)
@@ -80,13 +83,12 @@ def elapsed_seconds(d: ExperimentDef, now: float) -> float | None:
 def _since(client: Client, experiment: str, now: float) -> tuple[float, dict[str, int]] | None:
     """(seconds since, arm sizes at) the oldest kept history snapshot: the exposure rate of
     an experiment without ``start`` (state.history; written by the alerter)."""
-    raw: Any = client.lindex(keys.history(experiment), 0)
-    if raw is None:
-        return None
     try:
-        snap = msgspec.json.decode(raw)
+        snap = history.oldest(client, experiment)
+        if snap is None:
+            return None
         return now - float(snap["ts"]), {str(k): int(v) for k, v in snap["n"].items()}
-    except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+    except (ValueError, KeyError, TypeError, zlib.error, msgspec.DecodeError):
         return None
 
 

@@ -18,6 +18,9 @@ from state.units import UnitState
 
 Client = redis.Redis | redis.cluster.RedisCluster
 StoreError = redis.RedisError  # any failure talking to Redis (the owner retries the batch)
+#: Counter of the newest event time applied: pipeline-wide, and per experiment as
+#: ``<experiment>:last_event_ts`` (both maxima, not sums).
+LAST_EVENT_TS = "last_event_ts"
 
 
 def connect(url: str, cluster: bool = False) -> Client:
@@ -47,6 +50,8 @@ class BatchWrite:
     unit_states: dict[tuple[str, str], UnitState] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     last_event_ts: float | None = None
+    # experiment → newest event time routed to it in this batch (its own freshness)
+    experiment_last_ts: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,9 @@ class PartitionStore:
         for f, n in counters:
             args += [f, n]
         args.append("" if w.last_event_ts is None else repr(w.last_event_ts))
+        args.append(len(w.experiment_last_ts))
+        for exp, ts in w.experiment_last_ts.items():
+            args += [f"{exp}:{LAST_EVENT_TS}", repr(float(ts))]
         res = self._script(keys=key_list, args=args)
         if int(res[0]) == 1:
             return ApplyOutcome(True)
@@ -251,7 +259,8 @@ def read_matrices(client: Client, experiment: str, columns: Sequence[str],
 
 
 def read_counters(client: Client, partitions: Iterable[int]) -> dict[str, float]:
-    """Counters summed over partitions (``last_event_ts``: the maximum)."""
+    """Counters summed over partitions (``last_event_ts`` and ``<experiment>:last_event_ts``:
+    the maximum)."""
     pipe = client.pipeline(transaction=False)
     for p in partitions:
         pipe.hgetall(keys.counters(p))
@@ -259,7 +268,7 @@ def read_counters(client: Client, partitions: Iterable[int]) -> dict[str, float]
     for raw in pipe.execute():
         for f, v in raw.items():
             name = _text(f)
-            if name == "last_event_ts":
+            if name == LAST_EVENT_TS or name.endswith(":" + LAST_EVENT_TS):
                 total[name] = max(total[name], float(v))
             else:
                 total[name] += float(v)

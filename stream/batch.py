@@ -409,6 +409,8 @@ class BatchBuilder:
             # freshness: a far-future timestamp must not claim data newer than it is
             last_ts = min(last_ts, self.clock() + CLOCK_SKEW_SECONDS)
         w.last_event_ts = last_ts
+        w.experiment_last_ts = {name: min(ts, self.clock() + CLOCK_SKEW_SECONDS)
+                                for name, ts in w.experiment_last_ts.items()}
         self._settle_held(p, w, held, held_stored, held_changed, current,
                           bool(held_stored or held_changed or exposures or events))
         self._deltas(p, w, initial, current)
@@ -507,6 +509,8 @@ class BatchBuilder:
                              f"the definition has {lay.width} (its layout changed)")
         for col in lay.event_columns[event]:
             raw[col] += 1.0 if lay.counts_events[col] else value
+        if ts > w.experiment_last_ts.get(experiment, ts - 1.0):  # the experiment's freshness
+            w.experiment_last_ts[experiment] = ts
         return UnitState(st.variation, st.flags, st.exposed_at, tuple(raw), seen, st.versions)
 
     def _freeze_predictions(self, lay: ExperimentLayout, raw: list[float]) -> tuple[int, ...]:

@@ -1,9 +1,10 @@
 """``liftstream alerter``: watch running experiments, alert on transitions, record history.
 
 Every ``LIFTSTREAM_ALERT_INTERVAL_SECONDS`` the alerter computes each running experiment's
-results (the same document as the API), appends a snapshot to its history (served by
-``GET /v1/experiments/{id}/history``, at most :data:`state.history.HISTORY_LIMIT` points) and
-checks four conditions. An alert is emitted only when a condition *becomes* true:
+results (the same document as the API), records a snapshot to its history unless an API
+replica already recorded this interval (:mod:`state.history`: tiered, the whole experiment,
+served by ``GET /v1/experiments/{id}/history``) and checks four conditions. An alert is
+emitted only when a condition *becomes* true:
 
 ``significance``   the primary metric (``primary_metric``, else the first metric) of a
                    treatment is significant under the anytime-valid test: the comparison's
@@ -335,8 +336,7 @@ class Alerter:
     """Evaluates every running experiment; :meth:`evaluate_once` is one cycle."""
 
     def __init__(self, settings: Settings, client: Client | None = None, *,
-                 sinks: Sequence[AlertSink] | None = None, owner: str | None = None,
-                 history_limit: int = history.HISTORY_LIMIT) -> None:
+                 sinks: Sequence[AlertSink] | None = None, owner: str | None = None) -> None:
         self.settings = settings
         self.client = client if client is not None else connect(settings.redis_url,
                                                                 settings.redis_cluster)
@@ -344,7 +344,6 @@ class Alerter:
         self.states = AlertStateStore(self.client)
         self.sinks = list(sinks) if sinks is not None else default_sinks(settings)
         self.owner = owner or f"alerter-{uuid.uuid4().hex[:12]}"
-        self.history_limit = history_limit
         self.stop_event = threading.Event()
         self.fired: list[Alert] = []
 
@@ -374,7 +373,10 @@ class Alerter:
 
     def _evaluate(self, d: ExperimentDef, now: float) -> list[Alert]:
         doc = experiment_document(self.client, d, now=now)
-        history.append(self.client, d.id, history.snapshot(doc, now), self.history_limit)
+        interval = self.settings.alert_interval_seconds
+        claimed = history.claim(self.client, d.id, now, interval)
+        if claimed is not None:  # else another process recorded this interval
+            history.record(self.client, claimed, history.snapshot(doc, now), interval)
         states = self.states.load(d.id)
         alerts, changed = evaluate_experiment(d, doc, states, now,
                                               self.settings.stale_after_seconds)

@@ -14,8 +14,9 @@ Endpoints (OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
 ``PUT /v1/experiments/{id}``                admin    replace an existing definition
 ``POST /v1/experiments/{id}/stop``          admin    mark stopped
 ``GET /v1/experiments/{id}/results``        read     the result document + ``freshness``
-``GET /v1/experiments/{id}/history``        read     snapshots over time, one series per
-                                                     metric × treatment × estimator
+``GET /v1/experiments/{id}/history``        read     snapshots since the experiment's start
+                                                     (tiered), one series per metric ×
+                                                     treatment × estimator
 =========================================  =======  =========================================
 
 Authentication: ``Authorization: Bearer <token>``; tokens come from
@@ -78,6 +79,7 @@ from workers.api_docs import install_docs
 from workers.api_guard import BodyLimit, ErrorShield, request_id
 from workers.api_openapi import allowed_methods, document_errors
 from workers.cache import Busy, ComputeGate, SingleFlightCache
+from workers.history_recorder import HistoryRecorder
 from workers.settings import Settings
 
 __all__ = ["ApiError", "Auth", "create_app", "resolve_auth", "shape_results"]
@@ -393,13 +395,19 @@ class _IngestCollector(Collector):
         for d in defs:
             exposures.add_metric([d.id], c.get(f"{d.id}:exposures", 0.0))
             running.add_metric([d.id], 1.0 if d.status == "running" else 0.0)
+        last = GaugeMetricFamily("liftstream_experiment_last_event_timestamp_seconds",
+                                 "newest event time applied to the experiment (event time)",
+                                 labels=["experiment"])
         for name, v in sorted(c.items()):
             exp, sep, counter = name.rpartition(":")
-            if sep and exp in ids and counter != "exposures":
+            if sep and exp in ids and counter == "last_event_ts":
+                last.add_metric([exp], v)
+            elif sep and exp in ids and counter != "exposures":
                 other.add_metric([exp, counter], v)
         yield exposures
         yield other
         yield running
+        yield last
 
     def _lag(self) -> Iterator[Metric]:
         monitor = self.api.lag
@@ -527,8 +535,9 @@ def _plain_validation(exc: RequestValidationError) -> tuple[str, list[dict[str, 
 
 
 def create_app(settings: Settings, *, auth: Auth | None = None, client: Client | None = None,
-               lag_interval: float | None = 5.0) -> FastAPI:
-    """The FastAPI application; ``lag_interval=None`` disables the Kafka lag monitor."""
+               lag_interval: float | None = 5.0, record_history: bool = False) -> FastAPI:
+    """The FastAPI application; ``lag_interval=None`` disables the Kafka lag monitor;
+    ``record_history`` records result history while the app runs (``liftstream api`` does)."""
     client = client if client is not None else api_client(settings)
     metrics_registry = CollectorRegistry(auto_describe=False)
     ttl = settings.results_cache_seconds
@@ -549,13 +558,20 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     metrics_registry.register(_IngestCollector(api))
     page = _dashboard_html()
 
+    recorder = (HistoryRecorder(client, settings.alert_interval_seconds)
+                if record_history else None)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if api.lag is not None:
             api.lag.start()
+        if recorder is not None:
+            recorder.start()
         try:
             yield
         finally:
+            if recorder is not None:
+                recorder.stop()
             if api.lag is not None:
                 api.lag.stop()
 
@@ -787,37 +803,35 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                 lambda: encode(found, estimator, sequential, alpha, correction))
         return Response(body, media_type="application/json")
 
-    def load_history(experiment_id: str, limit: int
+    def load_history(experiment_id: str, limit: int | None, max_points: int | None
                      ) -> tuple[ExperimentDef, list[dict[str, Any]]] | None:
         d = api.registry.get(experiment_id)
         if d is None:
             return None
-        return d, history.read(api.client, experiment_id, limit)
+        return d, history.read(api.client, experiment_id, limit, max_points)
 
     @app.get("/v1/experiments/{experiment_id}/history", tags=["results"],
-             summary="Results over time (snapshots written by the alerter)")
+             summary="Results over time since the experiment's start (tiered resolution)")
     async def experiment_history(
         experiment_id: ExperimentId, _: Read,
         metric: Annotated[str | None, Query(description="only this metric")] = None,
         treatment: Annotated[str | None, Query(description="only this treatment")] = None,
         estimator: Annotated[EstimatorName | None, Query(
             description="only this estimator")] = None,
-        limit: Annotated[int, Query(ge=1, le=history.HISTORY_LIMIT,
-                                    description="newest snapshots to consider")
-                         ] = history.HISTORY_LIMIT,
+        limit: Annotated[int | None, Query(ge=1, le=history.MAX_POINTS,
+                                           description="only the newest snapshots (default: "
+                                                       "all, since the start)")] = None,
         max_points: Annotated[int | None, Query(
-            ge=2, le=history.HISTORY_LIMIT,
-            description="thin the snapshots evenly to at most this many (the newest kept)")
+            ge=2, le=history.MAX_POINTS,
+            description="thin the snapshots evenly in time to at most this many (the first "
+                        "of each equal time bucket, and the newest; never interpolated)")
         ] = None,
     ) -> dict[str, Any]:
-        got = await api.histories.get((experiment_id, limit),
-                                      lambda: load_history(experiment_id, limit))
+        got = await api.histories.get((experiment_id, limit, max_points),
+                                      lambda: load_history(experiment_id, limit, max_points))
         if got is None:
             raise ApiError(404, "not_found", f"no experiment {experiment_id!r}")
-        d, snaps = got
-        if max_points is not None and len(snaps) > max_points:
-            step = (len(snaps) - 1) / (max_points - 1)
-            snaps = [snaps[round(i * step)] for i in range(max_points)]
+        d, snaps = got  # thinned evenly in time before decoding (history.read)
         if metric is not None and metric not in d.metric_names():
             raise ApiError(422, "invalid_request",
                            f"query parameter 'metric': {metric!r} is not a metric of "
@@ -826,8 +840,11 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
             raise ApiError(422, "invalid_request",
                            f"query parameter 'treatment': {treatment!r} is not a treatment "
                            f"of {experiment_id!r}; treatments: {', '.join(d.variations[1:])}")
+        interval = api.settings.alert_interval_seconds
         return {"experiment": experiment_id, "points": len(snaps),
-                "interval_seconds": api.settings.alert_interval_seconds,
+                "interval_seconds": interval,
+                "tiers": [{"resolution_seconds": t.resolution, "span_seconds": t.span}
+                          for t in history.tiers(interval)],
                 "series": history.series(snaps, metric, treatment, estimator),
                 "srm": {"ts": [s["ts"] for s in snaps],
                         "p_value": [s.get("srm_p") for s in snaps],

@@ -39,7 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
               f"  token:     {generated}\n"
               f"  dashboard: http://{shown}:{port}/?token={generated}", file=sys.stderr,
               flush=True)
-    app = create_app(settings, auth=auth, lag_interval=None if args.no_lag else args.lag_interval)
+    app = create_app(settings, auth=auth, lag_interval=None if args.no_lag else args.lag_interval,
+                     record_history=not args.no_history)
     # A computation thread holding the GIL delays the event loop by up to one switch interval
     # per hand-over; 1 ms instead of 5 ms keeps /healthz and cached answers prompt.
     sys.setswitchinterval(0.001)
@@ -79,6 +80,9 @@ def add_api_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--lag-interval", type=float, default=5.0,
                    help="seconds between consumer-lag measurements (5)")
     p.add_argument("--no-lag", action="store_true", help="do not measure consumer lag")
+    p.add_argument("--no-history", action="store_true",
+                   help="do not record result history from this process (the alerter and "
+                        "other replicas still do)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])

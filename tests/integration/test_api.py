@@ -350,8 +350,8 @@ def test_single_flight_errors_are_not_cached() -> None:
 
 def test_history_endpoint(loaded: TestClient, redis_url: str) -> None:
     client = connect(redis_url)
-    s = settings_for(redis_url)
-    alerter = Alerter(s, client, sinks=[], history_limit=5)
+    s = settings_for(redis_url, alert_interval_seconds=1.0)  # one snapshot per second
+    alerter = Alerter(s, client, sinks=[])
     feeder_pop = Population("shop", revenue_lift=(0.0, 1.0))
     feeder = DirectIngest(client)
     for k in range(7):
@@ -359,8 +359,9 @@ def test_history_endpoint(loaded: TestClient, redis_url: str) -> None:
             feeder.feed(experiment_messages(feeder_pop, 10_000 + 100 * k, 100))
         alerter.evaluate_once(now=1000.0 + k)
     h = auth(READ)
-    r = loaded.get("/v1/experiments/shop/history", headers=h).json()
-    assert r["points"] == 5  # bounded
+    assert loaded.get("/v1/experiments/shop/history", headers=h).json()["points"] == 7
+    r = loaded.get("/v1/experiments/shop/history?limit=5", headers=h).json()
+    assert r["points"] == 5  # the newest five
     rev = [x for x in r["series"] if x["metric"] == "revenue" and x["estimator"] == "adjusted"]
     assert len(rev) == 1 and rev[0]["primary"] and rev[0]["ts"] == [1002.0 + i for i in range(5)]
     assert rev[0]["n"] == sorted(rev[0]["n"]) and rev[0]["n"][-1] == 3600
@@ -372,8 +373,8 @@ def test_history_endpoint(loaded: TestClient, redis_url: str) -> None:
                      headers=h).json()
     assert [(x["metric"], x["estimator"]) for x in one["series"]] == [("converted", "diff")]
     assert len(one["series"][0]["ts"]) == 2 and len(one["srm"]["p_value"]) == 2
-    thin = loaded.get("/v1/experiments/shop/history?estimator=diff&metric=revenue&max_points=3",
-                      headers=h).json()
+    thin = loaded.get("/v1/experiments/shop/history?estimator=diff&metric=revenue&max_points=3"
+                      "&limit=5", headers=h).json()
     assert thin["series"][0]["ts"] == [1002.0, 1004.0, 1006.0]
     assert loaded.get("/v1/experiments/shop/history?max_points=1", headers=h).status_code == 422
 

@@ -112,7 +112,7 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
                                browser: Any) -> None:
     s = streaming_settings(broker.bootstrap, redis_url, unique("dash"),
                            api_read_tokens=(TOKEN,), api_admin_tokens=("dash-admin",),
-                           results_cache_seconds=0.5)
+                           results_cache_seconds=0.5, alert_interval_seconds=0.2)
     create_topics(s)
     client = redis_client(s)
     exp = "checkout-redesign"
@@ -129,7 +129,7 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
             alerter.evaluate_once()
             time.sleep(0.3)  # distinct snapshot times on the chart's axis
 
-        with api_server(s, tmp_path, "--lag-interval", "1") as server:
+        with api_server(s, tmp_path, "--lag-interval", "1", "--no-history") as server:
             browser.get(f"{server.url}/?token={TOKEN}#exp={exp}")
             wait = WebDriverWait(browser, 20,
                                  ignored_exceptions=(StaleElementReferenceException,))
@@ -178,15 +178,8 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
             assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
 
             # switching metric re-renders from the API
-            for attempt in range(10):  # the tabs are re-rendered on every refresh too
-                try:
-                    browser.find_element(By.CSS_SELECTOR,
-                                         'button.tab[data-metric="converted"]').click()
-                    break
-                except StaleElementReferenceException:
-                    if attempt == 9:
-                        raise
-                    time.sleep(0.1)
+            wait.until(lambda d: d.find_element(  # retried if a redraw replaced the tab
+                By.CSS_SELECTOR, 'button.tab[data-metric="converted"]').click() or True)
             wait.until(lambda d: text(d, "#chart-metric") == "converted")
             conv = series_of(api, "converted", "treatment")["estimators"][
                 series_of(api, "converted", "treatment")["primary"]]

@@ -64,7 +64,9 @@ def test_exposure_rate_without_start_comes_from_the_history(redis_url: str) -> N
     doc = experiment_document(client, d, now=100.0)
     p = _comp(doc, "revenue")["power"]
     assert p["units_per_second"] is None and "exposure rate unknown" in p["note"]
-    history.append(client, d.id, history.snapshot(doc, 100.0))
+    claimed = history.claim(client, d.id, 100.0, 10.0)
+    assert claimed is not None
+    assert history.record(client, claimed, history.snapshot(doc, 100.0), 10.0)
     DirectIngest(client).feed(experiment_messages(pop, 1000, 500))
     p = _comp(experiment_document(client, d, now=150.0), "revenue")["power"]
     assert p["units_per_second"] == 10.0  # 500 units in 50 s
