@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_learner_parser(sub)
     add_models_parser(sub)
+
+    from workers.offsets_cli import add_offsets_parser
+
+    add_offsets_parser(sub)
     return parser
 
 
