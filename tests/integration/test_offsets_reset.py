@@ -81,8 +81,8 @@ def test_broker_reset_is_refused_then_reset_counts_new_traffic_exactly(
         assert lag is not None and lag.by_topic[s.topic_exposures] is None
         assert {p for _, p, _, _ in lag.out_of_range} == set(range(PARTITIONS))
         text = metrics_text(s)
-        assert metric_value(text, 'liftstream_ingest_counter_total{counter="offsets_out_of_range"}') \
-            == PARTITIONS
+        oor = 'liftstream_ingest_counter_total{counter="offsets_out_of_range"}'
+        assert metric_value(text, oor) == PARTITIONS
 
         r = liftstream(s, "offsets", "reset")
         assert r.returncode == 0, r.stderr
