@@ -138,3 +138,58 @@ class Worker(threading.Thread):
         self.join(timeout=30)
         assert not self.is_alive(), "worker did not stop"
         assert self.error is None, repr(self.error)
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0
+               ) -> list[dict[str, Any]]:
+    """JSON records of a one-partition topic, reading until ``expected`` arrived (or
+    ``timeout``)."""
+    from stream.kafka import TopicPartition, make_consumer
+
+    consumer = make_consumer(bootstrap, None)
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek_to_beginning()
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=300).values():
+                out.extend(json.loads(r.value) for r in records)
+        return out
+    finally:
+        consumer.close()
+
+
+class Refused(Exception):
+    """What the simulated broker answers for a refused record."""
+
+
+class _RefusedFuture:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def get(self, timeout: float | None = None) -> Any:
+        raise self.exc
+
+
+class RefusingProducer:
+    """A real producer whose records to ``topic`` the "broker" refuses while ``refusing`` is
+    set: ``send`` returns a future that fails, as kafka-python's does on a broker error."""
+
+    def __init__(self, real: Any, topic: str) -> None:
+        self.real = real
+        self.topic = topic
+        self.refusing = threading.Event()
+        self.refused = 0
+
+    def send(self, topic: str, value: Any = None, **kw: Any) -> Any:
+        if topic == self.topic and self.refusing.is_set():
+            self.refused += 1
+            return _RefusedFuture(Refused(f"{topic}: record refused (simulated broker)"))
+        return self.real.send(topic, value, **kw)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.real.flush(timeout=timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.real.close(timeout=timeout)
