@@ -68,12 +68,12 @@ HELD_POLL_S = 1.0  # how often a held partition looks for an offsets reset
 
 def redis_error_kind(exc: redis.RedisError) -> str:
     """Short name of a Redis refusal for counters: oom, readonly, busy, script or other."""
-    text = str(exc)
-    if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
+    text = str(exc)  # a refusal inside a script arrives wrapped: "Error running script ..."
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM " in text:
         return "oom"
-    if isinstance(exc, redis.exceptions.ReadOnlyError) or text.startswith("READONLY"):
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or "READONLY " in text:
         return "readonly"
-    if text.startswith("BUSY"):
+    if text.startswith("BUSY") or "BUSY " in text:
         return "busy"
     if isinstance(exc, redis.exceptions.NoScriptError) or "script" in text.lower():
         return "script"
