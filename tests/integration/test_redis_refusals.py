@@ -42,7 +42,7 @@ end
 def refusing(admin: redis.Redis, kind: str) -> Iterator[None]:
     """Make Redis refuse the worker's writes until the block ends (BUSY: for 4 s)."""
     if kind == "oom":
-        policy = admin.config_get("maxmemory-policy")["maxmemory-policy"]
+        policy = str(admin.config_get("maxmemory-policy")["maxmemory-policy"])
         admin.config_set("maxmemory-policy", "noeviction")
         admin.config_set("maxmemory", 1)
         try:
@@ -57,7 +57,7 @@ def refusing(admin: redis.Redis, kind: str) -> Iterator[None]:
         finally:
             admin.execute_command("REPLICAOF", "NO", "ONE")
     else:
-        limit = admin.config_get("lua-time-limit")["lua-time-limit"]
+        limit = str(admin.config_get("lua-time-limit")["lua-time-limit"])
         admin.config_set("lua-time-limit", 100)
         runner = threading.Thread(target=lambda: admin.eval(BUSY_SCRIPT, 0, 4.0), daemon=True)
         runner.start()
