@@ -335,6 +335,9 @@ def run(quick: bool) -> list[Tally]:
         ("rebalance", lambda b, r: rebalance(b, r, units, 4)),
         ("fuzz", lambda b, r: fuzz(b, r, units // 3, 5, 2000 if quick else 10_000)),
     ]
+    from bench.chaos_ops import ops_scenarios  # broker reset, dead-letter refusal, Redis full
+
+    scenarios += ops_scenarios(units, quick)
     out = []
     with start_broker() as broker, start_redis(appendonly=True, appendfsync="everysec") as rs:
         for _, scenario in scenarios:
