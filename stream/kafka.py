@@ -394,15 +394,18 @@ def log_ranges(bootstrap: str | Sequence[str], partitions: Iterable[tuple[str, i
     if not tps:
         return {}
     consumer = make_consumer(bootstrap, None, client_id="liftstream-offsets", **security)
+    deadline = time.monotonic() + timeout_s
+
+    def left_ms() -> int:
+        return max(100, int((deadline - time.monotonic()) * 1000))
+
     try:
         consumer.assign(tps)
-        ms = int(timeout_s * 1000)
-        begins = consumer.beginning_offsets(tps, timeout_ms=ms)
-        ends = consumer.end_offsets(tps, timeout_ms=ms)
+        begins = consumer.beginning_offsets(tps, timeout_ms=left_ms())
+        ends = consumer.end_offsets(tps, timeout_ms=left_ms())
         for tp in tps:
             consumer.seek(tp, max(int(ends.get(tp) or 0) - 1, int(begins.get(tp) or 0)))
         got: dict[tuple[str, int], LogRange] = {}
-        deadline = time.monotonic() + timeout_s
         while len(got) < len(tps) and time.monotonic() < deadline:
             consumer.poll(timeout_ms=100, max_records=10_000)
             done = []

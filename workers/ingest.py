@@ -59,11 +59,16 @@ class CoPartitioningError(RuntimeError):
     """The exposures and events topics have different partition counts."""
 
 
+class _RangeUnknown(RuntimeError):
+    """A partition's log range could not be read (broker unreachable): check again later."""
+
+
 BACKOFF_FIRST_S = 0.2  # first retry delay after Redis or the broker refused; doubled ...
 BACKOFF_MAX_S = 5.0  # ... up to this (below max_poll_interval_ms: the group keeps us)
 SIDE_OUTPUT_TIMEOUT_S = 5.0  # how long a batch waits for its side outputs' acknowledgements
 RANGE_RECHECK_S = 2.0  # least time between two log-range checks of one partition
 HELD_POLL_S = 1.0  # how often a held partition looks for an offsets reset
+RANGE_TIMEOUT_S = 3.0  # budget of one log-range probe (well below max_poll_interval_ms)
 
 
 def redis_error_kind(exc: redis.RedisError) -> str:
@@ -118,6 +123,7 @@ class IngestWorker:
         self.expected: dict[tuple[str, int], int | None] = {}
         self.unclaimed: set[int] = set()
         self.held: dict[int, str] = {}  # partition → why nothing of it is applied
+        self.unchecked: set[int] = set()  # owned, offsets not yet checked against the log
         self._range_checked: dict[int, float] = {}
         self._held_checked = 0.0
         self._pending_counters: dict[str, int] = defaultdict(int)  # counted, not yet written
@@ -181,20 +187,33 @@ class IngestWorker:
             claimed.append(p)
             log.info("%s: owns partition %d (epoch %d)", self.name, p, epoch)
         if claimed:
-            ranges = self._log_ranges(claimed)
+            self.unchecked.update(claimed)
+            try:  # one probe for every claimed partition that has offsets to check
+                needed = [p for p in claimed if self.store.stored_offsets(p)
+                          or self.store.partition_flags(p)]
+            except redis.RedisError as exc:
+                log.warning("%s: offsets not checked yet: %s", self.name, exc)
+                return
+            ranges = self._log_ranges(needed) if needed else {}
             for p in claimed:
-                try:
-                    self._check_range(p, ranges)
-                except redis.RedisError as exc:  # judged again before the next apply
-                    log.warning("%s: offsets of partition %d not checked yet: %s",
-                                self.name, p, exc)
-                    self._range_checked.pop(p, None)
+                self._first_check(p, ranges)
+
+    def _first_check(self, p: int, ranges: dict[tuple[str, int], LogRange] | None = None
+                     ) -> None:
+        """The check on assignment; until it succeeds nothing of ``p`` is applied."""
+        try:
+            self._check_range(p, ranges)
+        except (redis.RedisError, _RangeUnknown) as exc:  # again before the next apply
+            log.warning("%s: offsets of partition %d not checked yet: %s", self.name, p, exc)
+            return
+        self.unchecked.discard(p)
 
     def release(self, partitions: set[int]) -> None:
         self.unclaimed -= partitions
         for p in partitions:
             self.owned.pop(p, None)
             self.held.pop(p, None)
+            self.unchecked.discard(p)
             self.builder.forget(p)
 
     # -- stored offsets against the log (stream.offsets) --------------------------------
@@ -207,7 +226,7 @@ class IngestWorker:
             return log_ranges(s.kafka_bootstrap,
                               [(t, p) for p in partitions
                                for t in (self.topics.exposures, self.topics.events)],
-                              timeout_s=5.0, **s.kafka_options())
+                              timeout_s=RANGE_TIMEOUT_S, **s.kafka_options())
         except Exception as exc:  # broker unreachable: judge again later
             log.warning("%s: log ranges of partitions %s unknown: %s", self.name, partitions,
                         exc)
@@ -223,8 +242,11 @@ class IngestWorker:
         flags = self.store.partition_flags(p)
         if not stored and not flags:
             return True
-        if ranges is None:
+        if ranges is None or any((t, p) not in ranges for t in stored):
             ranges = self._log_ranges([p])
+        unknown = [t for t in stored if (t, p) not in ranges]
+        if unknown:
+            raise _RangeUnknown(f"log range of {', '.join(unknown)} partition {p} unknown")
         found = out_of_range(p, stored, ranges)
         if not found and "offsets_out_of_range" not in flags:
             return True
@@ -274,6 +296,14 @@ class IngestWorker:
         offset the owner expects stored, which only a reset log does."""
         assert self.consumer is not None
         now = time.monotonic()
+        for p in sorted(self.unchecked):
+            if p in self.owned:
+                self._first_check(p)
+                if p not in self.unchecked and p not in self.held:
+                    self.builder.forget(p)
+                    self._seek_stored(p)  # records polled meanwhile were not applied
+            else:
+                self.unchecked.discard(p)
         if self.held and now - self._held_checked >= HELD_POLL_S:
             self._held_checked = now
             for p in list(self.held):
@@ -284,7 +314,7 @@ class IngestWorker:
                              self.name, p)
                     self._resume(p)
                 elif self.settings.offset_reset == "earliest":
-                    self._check_range(p)
+                    self._recheck(p)
         for p in list(self.owned):
             if p in self.held or now - self._range_checked.get(p, 0.0) < RANGE_RECHECK_S:
                 continue
@@ -295,8 +325,15 @@ class IngestWorker:
                     break
                 expected = self.expected.get((tp.topic, p))
                 if high is not None and expected is not None and high < expected:
-                    self._check_range(p)
+                    self._recheck(p)
                     break
+
+    def _recheck(self, p: int) -> None:
+        try:
+            self._check_range(p)
+        except _RangeUnknown as exc:  # nothing of p is applied until it is checked
+            log.warning("%s: %s", self.name, exc)
+            self.unchecked.add(p)
 
     def _seek_stored(self, p: int) -> None:
         """Seek both topic-partitions to the offsets in Redis and expect exactly those."""
@@ -354,7 +391,7 @@ class IngestWorker:
 
     def _apply(self, p: int, records: list[RawRecord]) -> None:
         epoch = self.owned.get(p)
-        if epoch is None or p in self.held:
+        if epoch is None or p in self.held or p in self.unchecked:
             return
         if self._rewound(p, records):
             return
@@ -414,18 +451,37 @@ class IngestWorker:
                 delay = min(2.0, delay * 2)
 
     def _rewound(self, p: int, records: list[RawRecord]) -> bool:
-        """A record below the offset the owner expects stored: the log went back (a reset
-        log the consumer re-read from its start). Check the range; drop the batch."""
+        """The batch does not continue from the offset the owner expects stored: a record
+        below it (the log went back: the consumer re-read a reset log from its start), or a
+        first record beyond it (the consumer jumped, e.g. to a beginning retention moved past
+        it; also transaction markers and compaction, hence a range check at most every
+        RANGE_RECHECK_S). True when the batch is dropped (``p`` held, or read again)."""
+        firsts: dict[str, int] = {}
         for r in records:
-            expected = self.expected.get((r.topic, p))
-            if expected is not None and r.offset < expected:
-                log.error("%s: %s partition %d delivered offset %d below the stored %d",
-                          self.name, r.topic, p, r.offset, expected)
-                if self._check_range(p):
-                    self.builder.forget(p)
-                    self._seek_stored(p)
-                return True
-        return False
+            firsts[r.topic] = min(firsts.get(r.topic, r.offset), r.offset)
+        back = forward = False
+        for topic, first in firsts.items():
+            expected = self.expected.get((topic, p))
+            back = back or (expected is not None and first < expected)
+            forward = forward or (expected is not None and first > expected)
+        recent = time.monotonic() - self._range_checked.get(p, 0.0) < RANGE_RECHECK_S
+        if not back and (not forward or recent):
+            return False
+        log.warning("%s: partition %d batch starts at %s, stored offsets expected %s",
+                    self.name, p, firsts,
+                    {t: self.expected.get((t, p)) for t in firsts})
+        try:
+            ok = self._check_range(p)
+        except _RangeUnknown as exc:
+            log.warning("%s: %s", self.name, exc)
+            ok = False
+            self.unchecked.add(p)
+        if ok and not back:
+            return False
+        if ok:
+            self.builder.forget(p)
+            self._seek_stored(p)
+        return True
 
     def _rewind(self, p: int) -> None:
         """Seek ``p`` back to the offsets the owner expects stored (no Redis read)."""
