@@ -446,7 +446,7 @@ class IngestWorker:
                     self._seek_stored(p)
                 log.info("%s: Redis is back; resumed from stored offsets", self.name)
                 return
-            except (redis.ConnectionError, redis.TimeoutError):
+            except redis.RedisError:  # still down, loading, or refusing (BUSY): wait
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
 
