@@ -84,6 +84,11 @@ def test_broker_reset_is_refused_then_reset_counts_new_traffic_exactly(
         oor = 'liftstream_ingest_counter_total{counter="offsets_out_of_range"}'
         assert metric_value(text, oor) == PARTITIONS
 
+        r = liftstream(s, "offsets", "show")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("OUTSIDE THE LOG") == 2 * PARTITIONS, r.stdout
+        assert r.stdout.count("offsets_out_of_range:") == PARTITIONS, r.stdout
+
         r = liftstream(s, "offsets", "reset")
         assert r.returncode == 0, r.stderr
         assert r.stdout.count("-> 0") == 2 * PARTITIONS, r.stdout
