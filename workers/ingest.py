@@ -124,7 +124,8 @@ class IngestWorker:
         self.unclaimed: set[int] = set()
         self.held: dict[int, str] = {}  # partition → why nothing of it is applied
         self.unchecked: set[int] = set()  # owned, offsets not yet checked against the log
-        self._range_checked: dict[int, float] = {}
+        self._range_checked: dict[int, float] = {}  # last successful check
+        self._range_tried: dict[int, float] = {}  # last attempt (a probe may time out)
         self._held_checked = 0.0
         self._pending_counters: dict[str, int] = defaultdict(int)  # counted, not yet written
         self._redis_delay = 0.0
@@ -200,7 +201,9 @@ class IngestWorker:
 
     def _first_check(self, p: int, ranges: dict[tuple[str, int], LogRange] | None = None
                      ) -> None:
-        """The check on assignment; until it succeeds nothing of ``p`` is applied."""
+        """The check on assignment, tried again every RANGE_RECHECK_S until it succeeds
+        (meanwhile the cheap checks guard: watermark and record offsets, see _rewound)."""
+        self._range_tried[p] = time.monotonic()
         try:
             self._check_range(p, ranges)
         except (redis.RedisError, _RangeUnknown) as exc:  # again before the next apply
@@ -237,7 +240,6 @@ class IngestWorker:
         """Compare the stored offsets of ``p`` with its log; hold ``p`` (or, with
         ``LIFTSTREAM_OFFSET_RESET=earliest``, reset it) when they lie outside. True when
         ``p`` may be applied."""
-        self._range_checked[p] = time.monotonic()
         stored = self.store.stored_offsets(p)
         flags = self.store.partition_flags(p)
         if not stored and not flags:
@@ -247,6 +249,7 @@ class IngestWorker:
         unknown = [t for t in stored if (t, p) not in ranges]
         if unknown:
             raise _RangeUnknown(f"log range of {', '.join(unknown)} partition {p} unknown")
+        self._range_checked[p] = time.monotonic()
         found = out_of_range(p, stored, ranges)
         if not found and "offsets_out_of_range" not in flags:
             return True
@@ -297,13 +300,10 @@ class IngestWorker:
         assert self.consumer is not None
         now = time.monotonic()
         for p in sorted(self.unchecked):
-            if p in self.owned:
-                self._first_check(p)
-                if p not in self.unchecked and p not in self.held:
-                    self.builder.forget(p)
-                    self._seek_stored(p)  # records polled meanwhile were not applied
-            else:
+            if p not in self.owned:
                 self.unchecked.discard(p)
+            elif now - self._range_tried.get(p, 0.0) >= RANGE_RECHECK_S:
+                self._first_check(p)
         if self.held and now - self._held_checked >= HELD_POLL_S:
             self._held_checked = now
             for p in list(self.held):
@@ -329,9 +329,10 @@ class IngestWorker:
                     break
 
     def _recheck(self, p: int) -> None:
+        self._range_tried[p] = time.monotonic()
         try:
             self._check_range(p)
-        except _RangeUnknown as exc:  # nothing of p is applied until it is checked
+        except _RangeUnknown as exc:  # tried again every RANGE_RECHECK_S
             log.warning("%s: %s", self.name, exc)
             self.unchecked.add(p)
 
@@ -391,7 +392,7 @@ class IngestWorker:
 
     def _apply(self, p: int, records: list[RawRecord]) -> None:
         epoch = self.owned.get(p)
-        if epoch is None or p in self.held or p in self.unchecked:
+        if epoch is None or p in self.held:
             return
         if self._rewound(p, records):
             return
@@ -470,12 +471,14 @@ class IngestWorker:
         log.warning("%s: partition %d batch starts at %s, stored offsets expected %s",
                     self.name, p, firsts,
                     {t: self.expected.get((t, p)) for t in firsts})
+        self._range_tried[p] = time.monotonic()
         try:
             ok = self._check_range(p)
-        except _RangeUnknown as exc:
+        except _RangeUnknown as exc:  # not judged: read the batch again, judge again
             log.warning("%s: %s", self.name, exc)
-            ok = False
-            self.unchecked.add(p)
+            self.builder.forget(p)
+            self._rewind(p)
+            return True
         if ok and not back:
             return False
         if ok:
