@@ -45,6 +45,16 @@ def _wait(what: str, cond: Callable[[], bool], timeout: float = 240.0) -> None:
         time.sleep(0.3)
 
 
+@contextlib.contextmanager
+def _stopping(c: Cluster) -> Iterator[Cluster]:
+    """Stop the scenario's worker processes however it ends (they run in their own
+    sessions and would outlive this process)."""
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
 def _counters(c: Cluster) -> dict[str, float]:
     n = partition_count(c.client)
     return read_counters(c.client, range(n)) if n else {}
@@ -65,38 +75,43 @@ def broker_reset(redis_server: RedisServer, units: int, seed: int) -> Tally:
     """Worker processes; broker restart; new traffic refused with a warning; reset; exact."""
     with start_broker() as broker:
         c = Cluster(broker, redis_server, f"breset{seed}")
-        before = workload(units, seed)
-        after = workload(max(units // 5, 50), seed + 100)  # less per partition than stored
-        c.start_worker()
-        c.publish(before.messages).join()
-        c.wait_applied(len(before.messages), timeout=240)
-        problems: list[str] = []
-        broker.restart()
-        ensure_topics(broker.bootstrap, {c.settings.topic_exposures: 4,
-                                         c.settings.topic_events: 4})
-        c.publish(after.messages).join()
+        with _stopping(c):
+            return _broker_reset(c, broker, units, seed)
 
-        def flagged() -> int:
-            return sum("offsets_out_of_range" in f for f in
-                       read_partition_warnings(c.client, range(4)).values())
 
-        try:
-            _wait("offsets_out_of_range on every partition", lambda: flagged() == 4, 120)
-        except TimeoutError:
-            problems.append(f"only {flagged()} of 4 partitions flagged offsets_out_of_range")
-        held = c.applied() == len(before.messages)
-        if not held:
-            problems.append("new traffic applied before the reset (skipped offsets)")
-        r = _liftstream(c, "offsets", "reset")
-        if r.returncode != 0:
-            problems.append(f"offsets reset failed: {r.stderr.strip()}")
-        c.wait_applied(len(before.messages) + len(after.messages), timeout=240)
-        resets = _counters(c).get("offsets_reset", 0)
-        c.stop_all()
-        t = tally("broker reset", c, _merge(before, after),
-                  f"(refused, with warning: 4 partitions until `offsets reset`; "
-                  f"{int(resets)} reset)")
-        return replace(t, differences=list(t.differences) + problems)
+def _broker_reset(c: Cluster, broker: Broker, units: int, seed: int) -> Tally:
+    before = workload(units, seed)
+    after = workload(max(units // 5, 50), seed + 100)  # less per partition than stored
+    c.start_worker()
+    c.publish(before.messages).join()
+    c.wait_applied(len(before.messages), timeout=240)
+    problems: list[str] = []
+    broker.restart()
+    ensure_topics(broker.bootstrap, {c.settings.topic_exposures: 4,
+                                     c.settings.topic_events: 4})
+    c.publish(after.messages).join()
+
+    def flagged() -> int:
+        return sum("offsets_out_of_range" in f for f in
+                   read_partition_warnings(c.client, range(4)).values())
+
+    try:
+        _wait("offsets_out_of_range on every partition", lambda: flagged() == 4, 120)
+    except TimeoutError:
+        problems.append(f"only {flagged()} of 4 partitions flagged offsets_out_of_range")
+    held = c.applied() == len(before.messages)
+    if not held:
+        problems.append("new traffic applied before the reset (skipped offsets)")
+    r = _liftstream(c, "offsets", "reset")
+    if r.returncode != 0:
+        problems.append(f"offsets reset failed: {r.stderr.strip()}")
+    c.wait_applied(len(before.messages) + len(after.messages), timeout=240)
+    resets = _counters(c).get("offsets_reset", 0)
+    c.stop_all()
+    t = tally("broker reset", c, _merge(before, after),
+              f"(refused, with warning: 4 partitions until `offsets reset`; "
+              f"{int(resets)} reset)")
+    return replace(t, differences=list(t.differences) + problems)
 
 
 class _Refused(Exception):
@@ -164,9 +179,12 @@ def dead_letter_refusal(broker: Broker, redis_server: RedisServer, units: int, s
             problems.append("a batch was stored while its dead letters were refused")
         refused = int(_counters(c).get("refused_side_outputs", 0))
         made[0].refusing.clear()
-        c.wait_applied(len(w.messages), timeout=240)
+        # not Cluster.wait_applied: it would start a worker process when none runs
+        _wait("all applied", lambda: c.applied() >= len(w.messages))
         worker.stop_event.set()
         thread.join(30)
+        if thread.is_alive():
+            problems.append("the worker did not stop")
     letters = c.dead_letters(w.invalid)
     origins = {(x.get("topic"), x.get("partition"), x.get("offset")) for x in letters}
     if len(origins) != w.invalid:
@@ -185,6 +203,12 @@ def redis_full(broker: Broker, redis_server: RedisServer, units: int, seed: int,
     """Worker processes; Redis at maxmemory (noeviction) for ``seconds`` while the second half
     of the stream arrives; every event exactly once after."""
     c = Cluster(broker, redis_server, f"full{seed}")
+    with _stopping(c):
+        return _redis_full(c, redis_server, units, seed, seconds)
+
+
+def _redis_full(c: Cluster, redis_server: RedisServer, units: int, seed: int,
+                seconds: float) -> Tally:
     w = workload(units, seed)
     half = len(w.messages) // 2
     problems: list[str] = []
@@ -198,8 +222,10 @@ def redis_full(broker: Broker, redis_server: RedisServer, units: int, seed: int,
     admin.config_set("maxmemory", 1)
     try:
         c.publish(w.messages[half:]).join()
+        time.sleep(1.0)
+        frozen = c.applied()
         time.sleep(seconds)
-        if c.applied() != half:
+        if c.applied() != frozen:
             problems.append("batches applied while Redis refused writes")
         if len(c.alive()) != len(c.procs):
             problems.append(f"{len(c.procs) - len(c.alive())} worker(s) exited on OOM")
