@@ -337,6 +337,9 @@ def run(quick: bool) -> list[Tally]:
     ]
     from bench.chaos_integrity import scenarios as integrity  # issue 10: items 1, 3, 5, 6
     scenarios += integrity(units)
+    from bench.chaos_ops import ops_scenarios  # broker reset, dead-letter refusal, Redis full
+
+    scenarios += ops_scenarios(units, quick)
     out = []
     with start_broker() as broker, start_redis(appendonly=True, appendfsync="everysec") as rs:
         for _, scenario in scenarios:

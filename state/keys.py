@@ -13,6 +13,7 @@ Redis Cluster slot; a query merges all partitions.
 | ``ls:{p}:pendq`` | zset | ``unit → wall-clock time it was first held`` (grace-period expiry) |
 | ``ls:{p}:c`` | hash | counters (exposures, withdrawn units, refused batches, …) |
 | ``ls:{p}:warn`` | hash | ``code → detail`` of conditions that make results incomplete |
+| ``ls:{p}:oor`` | hash | ``topic → stored offset`` found outside the log (until a reset) |
 | ``ls:meta`` | hash | ``partitions`` — the topic partition count the workers run with |
 """
 
@@ -63,6 +64,11 @@ def counters(partition: int) -> str:
 def partition_warnings(partition: int) -> str:
     """Hash ``code → detail`` of partition-wide conditions (see :mod:`state.warnings`)."""
     return f"{tag(partition)}:warn"
+
+
+def out_of_range(partition: int) -> str:
+    """Hash ``topic → stored offset`` of the topics found outside their log (until reset)."""
+    return f"{tag(partition)}:oor"
 
 
 def unit_pattern(partition: int, experiment: str) -> str:

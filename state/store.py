@@ -69,6 +69,7 @@ class PartitionStore:
         lua = resources.files("state")
         self._script = client.register_script(lua.joinpath("apply_batch.lua").read_text())
         self._read = client.register_script(lua.joinpath("read_units.lua").read_text())
+        self._reset = client.register_script(lua.joinpath("reset_offsets.lua").read_text())
 
     def set_partition_count(self, partitions: int) -> None:
         self.client.hset(keys.META, "partitions", partitions)
@@ -80,6 +81,53 @@ class PartitionStore:
     def stored_offsets(self, partition: int) -> dict[str, int]:
         raw: Any = self.client.hgetall(keys.offsets(partition))
         return {_text(k): int(v) for k, v in raw.items()}
+
+    def partition_flags(self, partition: int) -> dict[str, str]:
+        """Partition-wide conditions ``code → detail`` (see :mod:`state.warnings`)."""
+        raw: Any = self.client.hgetall(keys.partition_warnings(partition))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def flag_out_of_range(self, partition: int, detail: str, topics: Mapping[str, int]
+                          ) -> bool:
+        """Set ``offsets_out_of_range`` and remember which topics' stored offsets lay outside
+        the log (both kept until an offsets reset); True when the condition is new, which the
+        counter ``offsets_out_of_range`` counts."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hsetnx(keys.partition_warnings(partition), "offsets_out_of_range", detail)
+        if topics:
+            pipe.hset(keys.out_of_range(partition), mapping={t: n for t, n in topics.items()})
+        new = bool(pipe.execute()[0])
+        if new:
+            self.client.hincrby(keys.counters(partition), "offsets_out_of_range", 1)
+        return new
+
+    def flagged_topics(self, partition: int) -> dict[str, int]:
+        """``topic → stored offset`` found outside the log, until an offsets reset."""
+        raw: Any = self.client.hgetall(keys.out_of_range(partition))
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    def add_counters(self, partition: int, counters: Mapping[str, int]) -> None:
+        """Add to partition counters outside a batch (conditions no batch carries)."""
+        pipe = self.client.pipeline(transaction=True)
+        for name, n in counters.items():
+            if n:
+                pipe.hincrby(keys.counters(partition), name, n)
+        pipe.execute()
+
+    def reset_offsets(self, partition: int, moves: Sequence[tuple[str, int | None, int]],
+                      detail: str) -> ApplyOutcome:
+        """Move stored offsets ``(topic, offset seen, new offset)`` if none moved meanwhile,
+        clear ``offsets_out_of_range`` and record ``offsets_reset`` (``reset_offsets.lua``)."""
+        args: list[Any] = [len(moves)]
+        for topic, seen, new in moves:
+            args += [topic, "" if seen is None else seen, new]
+        args.append(detail)
+        res = self._reset(keys=[keys.offsets(partition), keys.counters(partition),
+                                keys.partition_warnings(partition),
+                                keys.out_of_range(partition)], args=args)
+        if int(res[0]) == 1:
+            return ApplyOutcome(True)
+        return ApplyOutcome(False, _text(res[1]), _text(res[2]))
 
     def matrix_shifts(self, partition: int, experiment: str, width: int) -> dict[str, FloatArray]:
         raw: Any = self.client.hgetall(keys.matrices(partition, experiment))

@@ -62,7 +62,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypedDict, Unpack
+from typing import Any, NamedTuple, TypedDict, Unpack
 
 with warnings.catch_warnings():
     # kafka-python 3.0 loads its protocol schemas through importlib.resources' legacy API,
@@ -85,13 +85,16 @@ __all__ = [
     "ConsumerRebalanceListener",
     "KafkaConsumer",
     "KafkaProducer",
+    "LogRange",
     "OffsetAndMetadata",
     "PartitionCountMismatch",
     "SecurityOptions",
     "TopicPartition",
     "broker_reachable",
     "consumer_lag",
+    "deliver",
     "ensure_topics",
+    "log_ranges",
     "make_consumer",
     "make_producer",
     "partition_count",
@@ -365,3 +368,81 @@ def consumer_lag(consumer: KafkaConsumer) -> dict[TopicPartition, int | None]:
         high = consumer.highwater(tp)
         lag[tp] = None if high is None else max(0, high - consumer.position(tp))
     return lag
+
+
+class LogRange(NamedTuple):
+    """Offsets a topic-partition holds now: ``begin`` (earliest) to ``end`` (high watermark,
+    the offset the next record gets). A stored next offset is valid when
+    ``begin <= offset <= end``."""
+
+    begin: int
+    end: int
+
+
+def log_ranges(bootstrap: str | Sequence[str], partitions: Iterable[tuple[str, int]],
+               timeout_s: float = 5.0, **security: Unpack[SecurityOptions]
+               ) -> dict[tuple[str, int], LogRange]:
+    """Beginning offset and high watermark of each ``(topic, partition)``.
+
+    The beginning comes from ``ListOffsets(EARLIEST)``; the end from a fetch response's
+    high watermark, because Tansu answers ``ListOffsets(LATEST)`` with the last *batch*'s base
+    offset + 1 (module docstring): a short-lived group-less consumer seeks one record before
+    that answer and reads the watermark the fetch reports. Partitions whose watermark did not
+    arrive within ``timeout_s`` are left out.
+    """
+    tps = [TopicPartition(t, p) for t, p in dict.fromkeys(partitions)]
+    if not tps:
+        return {}
+    consumer = make_consumer(bootstrap, None, client_id="liftstream-offsets", **security)
+    deadline = time.monotonic() + timeout_s
+
+    def left_ms() -> int:
+        return max(100, int((deadline - time.monotonic()) * 1000))
+
+    try:
+        consumer.assign(tps)
+        begins = consumer.beginning_offsets(tps, timeout_ms=left_ms())
+        ends = consumer.end_offsets(tps, timeout_ms=left_ms())
+        for tp in tps:
+            consumer.seek(tp, max(int(ends.get(tp) or 0) - 1, int(begins.get(tp) or 0)))
+        got: dict[tuple[str, int], LogRange] = {}
+        while len(got) < len(tps) and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=100, max_records=10_000)
+            done = []
+            for tp in tps:
+                high = consumer.highwater(tp)
+                if high is not None and (tp.topic, tp.partition) not in got:
+                    got[tp.topic, tp.partition] = LogRange(int(begins.get(tp) or 0), int(high))
+                    done.append(tp)
+            if done:
+                consumer.pause(*done)
+        return got
+    finally:
+        consumer.close()
+
+
+def deliver(producer: Any, records: Sequence[tuple[str, bytes]], timeout_s: float = 30.0
+            ) -> list[str]:
+    """Send ``(topic, value)`` records and wait until the broker acknowledged each one.
+
+    Returns one message per record that was not acknowledged (refused by the broker, not
+    sendable, or not answered within ``timeout_s``); an empty list means all were stored.
+    """
+    errors: list[str] = []
+    futures = []
+    for topic, value in records:
+        try:
+            futures.append((topic, producer.send(topic, value)))
+        except Exception as exc:  # buffer full, record too large, metadata timeout, ...
+            errors.append(f"{topic}: {type(exc).__name__}: {exc}")
+    if futures:
+        try:
+            producer.flush(timeout=timeout_s)
+        except Exception as exc:
+            errors.append(f"flush: {type(exc).__name__}: {exc}")
+    for topic, future in futures:
+        try:
+            future.get(timeout=0 if errors else timeout_s)
+        except Exception as exc:
+            errors.append(f"{topic}: {type(exc).__name__}: {exc}")
+    return errors

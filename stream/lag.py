@@ -6,6 +6,13 @@ a fetch response (Tansu answers ``ListOffsets(LATEST)`` with the base offset of 
 record batch + 1, see :mod:`stream.kafka`): a short-lived group-less consumer seeks every
 partition just before that answer and reads the watermark the fetch reports. On a real Kafka
 cluster the same procedure reads at most one record per partition.
+
+A stored offset outside its partition's log (beyond the high watermark after a broker or topic
+reset, or before the beginning after retention) is never reported as lag 0: such partitions are
+listed in :attr:`LagReading.out_of_range`, left out of the sums, and the topics they belong to
+report unknown lag (``None`` in :attr:`LagReading.by_topic`). So are partitions a worker
+flagged ``offsets_out_of_range`` in Redis (a reset log may have grown past the stored offset
+again).
 """
 
 from __future__ import annotations
@@ -17,51 +24,38 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from state.store import Client, partition_count, stored_offsets_all
-from stream.kafka import TopicPartition, make_consumer
+from state.store import (
+    Client,
+    partition_count,
+    read_partition_warnings,
+    stored_offsets_all,
+)
+from stream.kafka import LogRange, log_ranges
 
 log = logging.getLogger("liftstream.lag")
 
 
 @dataclass(frozen=True)
 class LagReading:
-    """Messages published but not yet applied, per topic and in total, at ``measured_at``."""
+    """Messages published but not yet applied, per topic and in total, at ``measured_at``.
+
+    ``by_topic[t]`` is ``None`` (unknown) and ``total`` counts only in-range partitions when
+    any partition of ``t`` is in ``out_of_range`` (``topic, partition, stored, log range``).
+    """
 
     total: int
-    by_topic: dict[str, int]
+    by_topic: dict[str, int | None]
     by_partition: dict[str, dict[int, int]] = field(default_factory=dict)
     measured_at: float = 0.0
+    out_of_range: list[tuple[str, int, int, LogRange | None]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"total": self.total, "by_topic": dict(self.by_topic),
-                "measured_at": self.measured_at}
-
-
-def high_watermarks(bootstrap: str, topics: Sequence[str], partitions: int,
-                    timeout_s: float = 3.0, **security: Any) -> dict[tuple[str, int], int]:
-    """High watermark of each topic-partition (missing ones are left out after ``timeout_s``)."""
-    consumer = make_consumer(bootstrap, None, client_id="liftstream-lag", **security)
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
-        consumer.assign(tps)
-        ends = consumer.end_offsets(tps, timeout_ms=int(timeout_s * 1000))
-        for tp in tps:
-            consumer.seek(tp, max(int(ends.get(tp) or 0) - 1, 0))
-        got: dict[tuple[str, int], int] = {}
-        deadline = time.monotonic() + timeout_s
-        while len(got) < len(tps) and time.monotonic() < deadline:
-            consumer.poll(timeout_ms=100, max_records=10_000)
-            done = []
-            for tp in tps:
-                high = consumer.highwater(tp)
-                if high is not None and (tp.topic, tp.partition) not in got:
-                    got[(tp.topic, tp.partition)] = int(high)
-                    done.append(tp)
-            if done:
-                consumer.pause(*done)
-        return got
-    finally:
-        consumer.close()
+                "measured_at": self.measured_at,
+                "out_of_range": [{"topic": t, "partition": p, "stored": s,
+                                  "log_begin": r.begin if r else None,
+                                  "log_end": r.end if r else None}
+                                 for t, p, s, r in self.out_of_range]}
 
 
 def measure_lag(client: Client, bootstrap: str, topics: Sequence[str],
@@ -70,13 +64,37 @@ def measure_lag(client: Client, bootstrap: str, topics: Sequence[str],
     n = partition_count(client)
     if not n:
         return None
-    highs = high_watermarks(bootstrap, topics, n, timeout_s, **security)
+    ranges = log_ranges(bootstrap, [(t, p) for t in topics for p in range(n)], timeout_s,
+                        **security)
     applied = stored_offsets_all(client, range(n))
+    flagged = {p for p, flags in read_partition_warnings(client, range(n)).items()
+               if "offsets_out_of_range" in flags}
+    return lag_reading(topics, ranges, applied, flagged, time.time())
+
+
+def lag_reading(topics: Sequence[str], ranges: Mapping[tuple[str, int], LogRange],
+                applied: Mapping[int, Mapping[str, int]], flagged: set[int],
+                measured_at: float = 0.0) -> LagReading:
+    """Pure part of :func:`measure_lag`.
+
+    >>> r = lag_reading(["e"], {("e", 0): LogRange(0, 5), ("e", 1): LogRange(0, 3)},
+    ...                 {0: {"e": 2}, 1: {"e": 9}}, set())
+    >>> r.by_topic, r.total, [(t, p, s) for t, p, s, _ in r.out_of_range]
+    ({'e': None}, 3, [('e', 1, 9)])
+    """
     by_partition: dict[str, dict[int, int]] = {t: {} for t in topics}
-    for (topic, p), high in highs.items():
-        by_partition[topic][p] = max(0, high - applied.get(p, {}).get(topic, 0))
-    by_topic = {t: sum(v.values()) for t, v in by_partition.items()}
-    return LagReading(sum(by_topic.values()), by_topic, by_partition, time.time())
+    out: list[tuple[str, int, int, LogRange | None]] = []
+    for (topic, p), rng in sorted(ranges.items()):
+        stored = applied.get(p, {}).get(topic)
+        if stored is not None and (not rng.begin <= stored <= rng.end or p in flagged):
+            out.append((topic, p, stored, rng))
+            continue
+        by_partition[topic][p] = rng.end - (rng.begin if stored is None else stored)
+    bad_topics = {t for t, _, _, _ in out}
+    by_topic: dict[str, int | None] = {t: None if t in bad_topics else sum(v.values())
+                                       for t, v in by_partition.items()}
+    total = sum(sum(v.values()) for v in by_partition.values())
+    return LagReading(total, by_topic, by_partition, measured_at, out)
 
 
 class LagMonitor:

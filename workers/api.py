@@ -336,13 +336,13 @@ class _IngestCollector(Collector):
             yield m
         refused = CounterMetricFamily("liftstream_ingest_refused_batches",
                                       "batches refused by the fencing script", labels=["reason"])
-        for reason in ("epoch", "offset", "shift"):
+        for reason in ("epoch", "offset", "shift", "side_outputs"):
             refused.add_metric([reason], c.get(f"refused_{reason}", 0.0))
         yield refused
         other = CounterMetricFamily("liftstream_ingest_counter", "other ingest counters",
                                     labels=["counter"])
         skip = {*simple, "last_event_ts", "batches", "batch_micros",
-                "refused_epoch", "refused_offset", "refused_shift"}
+                "refused_epoch", "refused_offset", "refused_shift", "refused_side_outputs"}
         for name, v in sorted(c.items()):
             if ":" not in name and name not in skip:
                 other.add_metric([name], v)
@@ -415,11 +415,18 @@ class _IngestCollector(Collector):
         if reading is None:
             return
         lag = GaugeMetricFamily("liftstream_consumer_lag_messages",
-                                "messages published but not yet applied to Redis",
+                                "messages published but not yet applied to Redis (NaN: "
+                                "unknown, stored offsets lie outside the log)",
+                                labels=["topic"])
+        bad = GaugeMetricFamily("liftstream_consumer_offsets_out_of_range",
+                                "partitions whose stored offsets lie outside the log",
                                 labels=["topic"])
         for topic, v in reading.by_topic.items():
-            lag.add_metric([topic], float(v))
+            lag.add_metric([topic], float("nan") if v is None else float(v))
+            bad.add_metric([topic], float(sum(1 for t, *_ in reading.out_of_range
+                                              if t == topic)))
         yield lag
+        yield bad
         age = GaugeMetricFamily("liftstream_consumer_lag_age_seconds",
                                 "seconds since the lag was measured")
         age.add_metric([], max(0.0, time.time() - reading.measured_at))

@@ -34,6 +34,8 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
                 "workers.learner", "add_learner_parser"),
     "models": ("online models: version, quality, effect in results", "workers.models_cli",
                "add_models_parser"),
+    "offsets": ("stored offsets against the Kafka log; accept a gap", "workers.offsets_cli",
+                "add_offsets_parser"),
     "plan": ("units and days needed for a target MDE (80%% power)", "workers.plan",
              "add_plan_parser"),
 }

@@ -264,6 +264,12 @@ class Broker:
                     timeout, "did not answer Kafka requests")
         self.started_in_s = time.monotonic() - t0
 
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop the broker and start it again on the same port: memory storage, so every
+        topic and committed offset is gone (a broker reset)."""
+        self._child.stop()
+        self._start(timeout)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the broker and remove its working directory; idempotent."""
         try:

@@ -4,6 +4,17 @@ Per owned partition *p* (of both co-partitioned topics) the worker claims a new 
 in Redis, seeks both topic-partitions to the offsets stored in Redis, and applies every
 polled batch with one Lua call that fences on that epoch and those offsets. Kafka commits are
 made only so consumer lag can be monitored; they are never read back.
+
+Faults the worker rides out, never exiting:
+
+* stored offsets outside the log (broker or topic reset, retention; :mod:`stream.offsets`),
+  checked on assignment and before each apply: the partition is held (nothing applied,
+  ``offsets_out_of_range``) until an offsets reset, which it notices and seeks to;
+* side outputs (dead letters, training examples) the broker does not acknowledge: the batch is
+  not applied, counted (``refused_side_outputs``), and read again from the stored offsets;
+* Redis refusing commands (OOM at ``maxmemory``, READONLY, BUSY, script errors): logged,
+  counted (``redis_errors_<kind>``, written once Redis accepts writes), retried after a
+  bounded exponential back-off with the partitions kept; lost connections: wait and resume.
 """
 
 from __future__ import annotations
@@ -27,14 +38,18 @@ from stream.batch import BatchBuilder, PreparedBatch, RawRecord, Topics
 from stream.kafka import (
     ConsumerRebalanceListener,
     KafkaConsumer,
+    LogRange,
     OffsetAndMetadata,
     TopicPartition,
+    deliver,
     ensure_topics,
+    log_ranges,
     make_consumer,
     make_producer,
     partition_counts,
 )
 from stream.messages import dead_letter
+from stream.offsets import describe, out_of_range, reset_partition
 from workers.settings import Settings
 
 log = logging.getLogger("liftstream.worker")
@@ -42,6 +57,32 @@ log = logging.getLogger("liftstream.worker")
 
 class CoPartitioningError(RuntimeError):
     """The exposures and events topics have different partition counts."""
+
+
+class _RangeUnknown(RuntimeError):
+    """A partition's log range could not be read (broker unreachable): check again later."""
+
+
+BACKOFF_FIRST_S = 0.2  # first retry delay after Redis or the broker refused; doubled ...
+BACKOFF_MAX_S = 5.0  # ... up to this (below max_poll_interval_ms: the group keeps us)
+SIDE_OUTPUT_TIMEOUT_S = 5.0  # how long a batch waits for its side outputs' acknowledgements
+RANGE_RECHECK_S = 2.0  # least time between two log-range checks of one partition
+HELD_POLL_S = 1.0  # how often a held partition looks for an offsets reset
+RANGE_TIMEOUT_S = 3.0  # budget of one log-range probe (well below max_poll_interval_ms)
+
+
+def redis_error_kind(exc: redis.RedisError) -> str:
+    """Short name of a Redis refusal for counters: oom, readonly, busy, script or other."""
+    text = str(exc)  # a refusal inside a script arrives wrapped: "Error running script ..."
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM " in text:
+        return "oom"
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or "READONLY " in text:
+        return "readonly"
+    if text.startswith("BUSY") or "BUSY " in text:
+        return "busy"
+    if isinstance(exc, redis.exceptions.NoScriptError) or "script" in text.lower():
+        return "script"
+    return "other"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -81,6 +122,14 @@ class IngestWorker:
         self._applied: dict[Any, int] = {}
         self.expected: dict[tuple[str, int], int | None] = {}
         self.unclaimed: set[int] = set()
+        self.held: dict[int, str] = {}  # partition → why nothing of it is applied
+        self.unchecked: set[int] = set()  # owned, offsets not yet checked against the log
+        self._range_checked: dict[int, float] = {}  # last successful check
+        self._range_tried: dict[int, float] = {}  # last attempt (a probe may time out)
+        self._held_checked = 0.0
+        self._pending_counters: dict[str, int] = defaultdict(int)  # counted, not yet written
+        self._redis_delay = 0.0
+        self._side_delay = 0.0
 
     # -- start-up -------------------------------------------------------------------------
     def check_topics(self) -> int:
@@ -123,24 +172,169 @@ class IngestWorker:
         """Claim each partition (new epoch) and seek to its stored offsets; a partition whose
         claim fails (Redis down) is retried by the loop."""
         assert self.consumer is not None
+        claimed = []
         for p in sorted(partitions):
             try:
                 epoch = self.store.claim(p)
                 self.builder.forget(p)
+                self.held.pop(p, None)
                 self._seek_stored(p)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except redis.RedisError as exc:  # down, or refusing writes (OOM, READONLY, ...)
                 log.warning("%s: cannot claim partition %d yet: %s", self.name, p, exc)
                 self.unclaimed.add(p)
                 continue
             self.unclaimed.discard(p)
             self.owned[p] = epoch
+            claimed.append(p)
             log.info("%s: owns partition %d (epoch %d)", self.name, p, epoch)
+        if claimed:
+            self.unchecked.update(claimed)
+            try:  # one probe for every claimed partition that has offsets to check
+                needed = [p for p in claimed if self.store.stored_offsets(p)
+                          or self.store.partition_flags(p)]
+            except redis.RedisError as exc:
+                log.warning("%s: offsets not checked yet: %s", self.name, exc)
+                return
+            ranges = self._log_ranges(needed) if needed else {}
+            for p in claimed:
+                self._first_check(p, ranges)
+
+    def _first_check(self, p: int, ranges: dict[tuple[str, int], LogRange] | None = None
+                     ) -> None:
+        """The check on assignment, tried again every RANGE_RECHECK_S until it succeeds
+        (meanwhile the cheap checks guard: watermark and record offsets, see _rewound)."""
+        self._range_tried[p] = time.monotonic()
+        try:
+            self._check_range(p, ranges)
+        except (redis.RedisError, _RangeUnknown) as exc:  # again before the next apply
+            log.warning("%s: offsets of partition %d not checked yet: %s", self.name, p, exc)
+            return
+        self.unchecked.discard(p)
 
     def release(self, partitions: set[int]) -> None:
         self.unclaimed -= partitions
         for p in partitions:
             self.owned.pop(p, None)
+            self.held.pop(p, None)
+            self.unchecked.discard(p)
             self.builder.forget(p)
+
+    # -- stored offsets against the log (stream.offsets) --------------------------------
+    def _tps(self, p: int) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t in (self.topics.exposures, self.topics.events)]
+
+    def _log_ranges(self, partitions: list[int]) -> dict[tuple[str, int], LogRange]:
+        s = self.settings
+        try:
+            return log_ranges(s.kafka_bootstrap,
+                              [(t, p) for p in partitions
+                               for t in (self.topics.exposures, self.topics.events)],
+                              timeout_s=RANGE_TIMEOUT_S, **s.kafka_options())
+        except Exception as exc:  # broker unreachable: judge again later
+            log.warning("%s: log ranges of partitions %s unknown: %s", self.name, partitions,
+                        exc)
+            return {}
+
+    def _check_range(self, p: int,
+                     ranges: dict[tuple[str, int], LogRange] | None = None) -> bool:
+        """Compare the stored offsets of ``p`` with its log; hold ``p`` (or, with
+        ``LIFTSTREAM_OFFSET_RESET=earliest``, reset it) when they lie outside. True when
+        ``p`` may be applied."""
+        stored = self.store.stored_offsets(p)
+        flags = self.store.partition_flags(p)
+        if not stored and not flags:
+            return True
+        if ranges is None or any((t, p) not in ranges for t in stored):
+            ranges = self._log_ranges([p])
+        unknown = [t for t in stored if (t, p) not in ranges]
+        if unknown:
+            raise _RangeUnknown(f"log range of {', '.join(unknown)} partition {p} unknown")
+        self._range_checked[p] = time.monotonic()
+        found = out_of_range(p, stored, ranges)
+        if not found and "offsets_out_of_range" not in flags:
+            return True
+        if found:
+            detail = describe(found)
+            if self.store.flag_out_of_range(p, detail, {f.topic: f.stored for f in found}):
+                self.stats["offsets_out_of_range"] += 1
+        else:
+            detail = flags["offsets_out_of_range"]
+        log.error("%s: stored offsets outside the log: %s", self.name, detail)
+        if self.settings.offset_reset == "earliest":
+            try:
+                result = reset_partition(self.store, p, [t.topic for t in self._tps(p)],
+                                         ranges, by="LIFTSTREAM_OFFSET_RESET=earliest")
+            except (LookupError, RuntimeError) as exc:  # tried again while held
+                log.error("%s: partition %d not reset yet: %s", self.name, p, exc)
+            else:
+                log.error("%s: %s", self.name, result.detail)
+                self._resume(p)
+                return True
+        self._hold(p, detail)
+        return False
+
+    def _hold(self, p: int, detail: str) -> None:
+        self.held[p] = detail
+        self.builder.forget(p)
+        assert self.consumer is not None
+        try:
+            self.consumer.pause(*self._tps(p))
+        except Exception as exc:  # not assigned (any more): nothing is fetched anyway
+            log.debug("pause %d: %s", p, exc)
+
+    def _resume(self, p: int) -> None:
+        """Continue ``p`` from the offsets Redis holds now (after an offsets reset)."""
+        self.held.pop(p, None)
+        self.builder.forget(p)
+        self._seek_stored(p)
+        assert self.consumer is not None
+        try:
+            self.consumer.resume(*self._tps(p))
+        except Exception as exc:
+            log.debug("resume %d: %s", p, exc)
+
+    def _watch_offsets(self) -> None:
+        """Before applying: resume held partitions that were reset; check the log range of
+        any owned partition whose high watermark (from fetch responses) fell below the
+        offset the owner expects stored, which only a reset log does."""
+        assert self.consumer is not None
+        now = time.monotonic()
+        for p in sorted(self.unchecked):
+            if p not in self.owned:
+                self.unchecked.discard(p)
+            elif now - self._range_tried.get(p, 0.0) >= RANGE_RECHECK_S:
+                self._first_check(p)
+        if self.held and now - self._held_checked >= HELD_POLL_S:
+            self._held_checked = now
+            for p in list(self.held):
+                if p not in self.owned:
+                    self.held.pop(p, None)
+                elif "offsets_out_of_range" not in self.store.partition_flags(p):
+                    log.info("%s: partition %d was reset; resuming from its stored offsets",
+                             self.name, p)
+                    self._resume(p)
+                elif self.settings.offset_reset == "earliest":
+                    self._recheck(p)
+        for p in list(self.owned):
+            if p in self.held or now - self._range_checked.get(p, 0.0) < RANGE_RECHECK_S:
+                continue
+            for tp in self._tps(p):
+                try:
+                    high = self.consumer.highwater(tp)
+                except Exception:  # not assigned (any more)
+                    break
+                expected = self.expected.get((tp.topic, p))
+                if high is not None and expected is not None and high < expected:
+                    self._recheck(p)
+                    break
+
+    def _recheck(self, p: int) -> None:
+        self._range_tried[p] = time.monotonic()
+        try:
+            self._check_range(p)
+        except _RangeUnknown as exc:  # tried again every RANGE_RECHECK_S
+            log.warning("%s: %s", self.name, exc)
+            self.unchecked.add(p)
 
     def _seek_stored(self, p: int) -> None:
         """Seek both topic-partitions to the offsets in Redis and expect exactly those."""
@@ -181,12 +375,17 @@ class IngestWorker:
                     if self.unclaimed:
                         self.acquire(set(self.unclaimed))
                     self.refresh_experiments()
+                    self._watch_offsets()
                     for p, records in by_partition.items():
                         self._apply(p, records)
                         if on_batch is not None:
                             on_batch(p, len(records))
+                    self._write_pending_counters()
+                    self._redis_delay = 0.0
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     self._recover(exc)
+                except redis.RedisError as exc:
+                    self._redis_refused(exc)
                 if polled:
                     self._commit_for_lag()
         finally:
@@ -194,7 +393,9 @@ class IngestWorker:
 
     def _apply(self, p: int, records: list[RawRecord]) -> None:
         epoch = self.owned.get(p)
-        if epoch is None:
+        if epoch is None or p in self.held:
+            return
+        if self._rewound(p, records):
             return
         t0 = time.perf_counter()
         try:
@@ -204,7 +405,11 @@ class IngestWorker:
         except Exception:
             self.builder.forget(p)
             raise
-        self._send_side_outputs(batch, p)
+        errors = self._send_side_outputs(batch, p)
+        if errors:
+            self._side_outputs_refused(p, len(batch.dead_letters) + len(batch.training), errors)
+            return
+        self._side_delay = 0.0
         batch.write.counters["batches"] += 1
         batch.write.counters["batch_micros"] += int((time.perf_counter() - t0) * 1e6)
         outcome = self.store.apply(batch.write)
@@ -243,38 +448,102 @@ class IngestWorker:
                     self._seek_stored(p)
                 log.info("%s: Redis is back; resumed from stored offsets", self.name)
                 return
-            except (redis.ConnectionError, redis.TimeoutError):
+            except redis.RedisError:  # still down, loading, or refusing (BUSY): wait
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
 
-    def _send_side_outputs(self, batch: PreparedBatch, p: int) -> None:
-        """Dead letters and training examples, before the batch is applied (at least once).
-        A message the broker refuses is counted (``side_outputs_failed``), never fatal: one
-        poison record must not stop a partition."""
-        failed = 0
-        for dl in batch.dead_letters:
-            try:
-                self.producer.send(self.settings.topic_dead_letters,
-                                   dead_letter(dl.record.value, dl.record.topic, p,
-                                               dl.record.offset, dl.reason))
-            except Exception as exc:
-                failed += 1
-                log.error("%s: dead letter of %s/%d@%d not sent: %s", self.name,
-                          dl.record.topic, p, dl.record.offset, exc)
-        for example in batch.training:
-            try:
-                self.producer.send(self.settings.topic_training, example)
-            except Exception as exc:
-                failed += 1
-                log.error("%s: training example not sent: %s", self.name, exc)
-        if batch.dead_letters or batch.training:
-            try:
-                self.producer.flush(timeout=30)
-            except Exception as exc:
-                failed += 1
-                log.error("%s: flushing side outputs failed: %s", self.name, exc)
-        if failed:
-            batch.write.counters["side_outputs_failed"] += failed
+    def _rewound(self, p: int, records: list[RawRecord]) -> bool:
+        """The batch does not continue from the offset the owner expects stored: a record
+        below it (the log went back: the consumer re-read a reset log from its start), or a
+        first record beyond it (the consumer jumped, e.g. to a beginning retention moved past
+        it; also transaction markers and compaction, hence a range check at most every
+        RANGE_RECHECK_S). True when the batch is dropped (``p`` held, or read again)."""
+        firsts: dict[str, int] = {}
+        for r in records:
+            firsts[r.topic] = min(firsts.get(r.topic, r.offset), r.offset)
+        back = forward = False
+        for topic, first in firsts.items():
+            expected = self.expected.get((topic, p))
+            back = back or (expected is not None and first < expected)
+            forward = forward or (expected is not None and first > expected)
+        recent = time.monotonic() - self._range_checked.get(p, 0.0) < RANGE_RECHECK_S
+        if not back and (not forward or recent):
+            return False
+        log.warning("%s: partition %d batch starts at %s, stored offsets expected %s",
+                    self.name, p, firsts,
+                    {t: self.expected.get((t, p)) for t in firsts})
+        self._range_tried[p] = time.monotonic()
+        try:
+            ok = self._check_range(p)
+        except _RangeUnknown as exc:  # not judged: read the batch again, judge again
+            log.warning("%s: %s", self.name, exc)
+            self.builder.forget(p)
+            self._rewind(p)
+            return True
+        if ok and not back:
+            return False
+        if ok:
+            self.builder.forget(p)
+            self._seek_stored(p)
+        return True
+
+    def _rewind(self, p: int) -> None:
+        """Seek ``p`` back to the offsets the owner expects stored (no Redis read)."""
+        assert self.consumer is not None
+        for tp in self._tps(p):
+            expected = self.expected.get((tp.topic, p))
+            if expected is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, expected)
+
+    def _send_side_outputs(self, batch: PreparedBatch, p: int) -> list[str]:
+        """Dead letters and training examples, before the batch is applied (at least once):
+        the errors of those the broker did not acknowledge (empty: all stored)."""
+        records = [(self.settings.topic_dead_letters,
+                    dead_letter(dl.record.value, dl.record.topic, p, dl.record.offset,
+                                dl.reason)) for dl in batch.dead_letters]
+        records += [(self.settings.topic_training, example) for example in batch.training]
+        if not records:
+            return []
+        return deliver(self.producer, records, SIDE_OUTPUT_TIMEOUT_S)
+
+    def _side_outputs_refused(self, p: int, sent: int, errors: list[str]) -> None:
+        """The batch is not applied: count it, read it again from the stored offsets after a
+        bounded back-off."""
+        self.builder.forget(p)
+        self._side_delay = min(BACKOFF_MAX_S, max(BACKOFF_FIRST_S, 2 * self._side_delay))
+        log.error("%s: partition %d: %d of %d side outputs not acknowledged (%s); batch not "
+                  "applied, retrying in %.1fs", self.name, p, len(errors), sent, errors[0],
+                  self._side_delay)
+        self.stats["refused_side_outputs"] += 1
+        self.store.add_counters(p, {"refused_side_outputs": 1,
+                                    "side_outputs_failed": len(errors)})
+        self._rewind(p)
+        self.stop_event.wait(self._side_delay)
+
+    def _redis_refused(self, exc: redis.RedisError) -> None:
+        """Redis answered with an error (OOM, READONLY, BUSY, a script error): keep the
+        partitions, rewind them to the offsets expected stored, back off, retry."""
+        kind = redis_error_kind(exc)
+        self._pending_counters["redis_errors"] += 1
+        self._pending_counters[f"redis_errors_{kind}"] += 1
+        self.stats[f"redis_errors_{kind}"] += 1
+        self._redis_delay = min(BACKOFF_MAX_S, max(BACKOFF_FIRST_S, 2 * self._redis_delay))
+        log.error("%s: Redis refused (%s: %s); partitions kept, retrying in %.1fs", self.name,
+                  kind, exc, self._redis_delay)
+        assert self.consumer is not None
+        for p in list(self.owned):
+            self.builder.forget(p)
+            if p not in self.held:
+                self._rewind(p)
+        self.stop_event.wait(self._redis_delay)
+
+    def _write_pending_counters(self) -> None:
+        """Counters of Redis refusals, written once Redis accepts writes again."""
+        if self._pending_counters and self.owned:
+            self.store.add_counters(min(self.owned), self._pending_counters)
+            self._pending_counters.clear()
 
     def _commit_for_lag(self) -> None:
         assert self.consumer is not None

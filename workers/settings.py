@@ -24,6 +24,7 @@ __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "env_name", "load_settings
 
 ENV_PREFIX: Final = "LIFTSTREAM_"
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+OFFSET_RESET_CHOICES: Final = ("refuse", "earliest")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 _TRUE: Final = frozenset({"true", "1", "yes", "on"})
@@ -63,6 +64,7 @@ class Settings:
     batch_timeout_ms: int = 200
     grace_seconds: float = 600.0
     max_pending_events: int = 100_000
+    offset_reset: str = "refuse"
     unit_buckets: int = 4096
     event_ids_per_unit: int = 1000
     api_host: str = "127.0.0.1"
@@ -212,6 +214,8 @@ def _check(name: str, value: Any, shown: str) -> None:
         raise _fail(name, "a non-empty string", shown)
     elif name == "kafka_security_protocol" and value not in SECURITY_PROTOCOLS:
         raise _fail(name, "one of " + ", ".join(SECURITY_PROTOCOLS), shown)
+    elif name == "offset_reset" and value not in OFFSET_RESET_CHOICES:
+        raise _fail(name, "one of " + ", ".join(OFFSET_RESET_CHOICES), shown)
     elif name == "redis_url" and urlsplit(value).scheme not in _REDIS_SCHEMES:
         raise _fail(name, "a redis://, rediss:// or unix:// URL", shown)
     if name == "kafka_sasl_mechanism" and value is not None and value not in SASL_MECHANISMS:
