@@ -187,8 +187,10 @@ class ExperimentDef:
 
     @property
     def primary(self) -> str:
-        """The primary metric's name: ``primary_metric``, else the first metric."""
-        return self.primary_metric or self.metrics[0].name
+        """The primary metric's name: ``primary_metric``, else the first metric (the first
+        mean metric: quantile metrics are not verdict inputs)."""
+        means = [m.name for m in self.metrics if m.aggregate != "quantile"]
+        return self.primary_metric or (means or [self.metrics[0].name])[0]
 
     def targets(self) -> dict[str, float]:
         """Metric or ratio name → its target relative MDE (those that declare one)."""
@@ -597,6 +599,7 @@ def _validate(d: ExperimentDef) -> None:
         raise _fail("end", f"must be after start ({d.end} <= {d.start})")
     _choice("status", d.status, STATUSES)
     analysable = set(metric_aggs) | {r.name for r in d.ratios}
+    _check_quantile_roles(d)
     if d.primary_metric is not None and d.primary_metric not in analysable:
         raise _fail("primary_metric", f"{show(d.primary_metric)} is not a metric or ratio")
     for i, g in enumerate(d.guardrails):
@@ -774,3 +777,16 @@ def _check_quantile_metric(p: str, m: MetricDef) -> None:
         raise _fail(f"{p}.cap", "quantile metrics are not capped (quantiles are robust)")
     if m.mde is not None:
         raise _fail(f"{p}.mde", "a target MDE is supported for mean metrics only")
+
+
+def _check_quantile_roles(d: ExperimentDef) -> None:
+    """The verdict reads mean metrics' documents: a quantile metric cannot be the primary
+    metric or a guardrail (it would be skipped)."""
+    quantile = {m.name for m in d.metrics if m.aggregate == "quantile"}
+    if d.primary_metric in quantile:
+        raise _fail("primary_metric", f"{d.primary_metric!r} is a quantile metric; the "
+                                      f"verdict uses mean metrics and ratios")
+    for i, g in enumerate(d.guardrails):
+        if g in quantile:
+            raise _fail(f"guardrails[{i}]", f"{g!r} is a quantile metric; guardrails are "
+                                            f"mean metrics and ratios")

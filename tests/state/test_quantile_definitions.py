@@ -57,3 +57,13 @@ def test_q_on_a_mean_metric_is_refused() -> None:
     d["metrics"][1]["q"] = 0.5
     with pytest.raises(DefinitionError, match=r"^metrics\[1\]\.quantiles"):
         parse_definition(d)
+
+
+def test_a_quantile_metric_is_no_verdict_input() -> None:
+    d = parse_definition(_definition(q=0.5))
+    assert d.primary == "revenue"  # the first mean metric
+    for extra, field in (({"primary_metric": "spend"}, "primary_metric"),
+                         ({"guardrails": ["revenue", "spend"]}, "guardrails[1]")):
+        with pytest.raises(DefinitionError) as err:
+            parse_definition({**_definition(q=0.5), **extra})
+        assert str(err.value).startswith(field) and "quantile metric" in str(err.value)
