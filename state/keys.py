@@ -14,6 +14,7 @@ Redis Cluster slot; a query merges all partitions.
 | ``ls:{p}:c`` | hash | counters (exposures, withdrawn units, refused batches, …) |
 | ``ls:{p}:warn`` | hash | ``code → detail`` of conditions that make results incomplete |
 | ``ls:{p}:oor`` | hash | ``topic → stored offset`` found outside the log (until a reset) |
+| ``ls:{p}:h:<exp>:<variation>`` | hash | ``<metric>:<bucket> → count`` quantile histograms |
 | ``ls:meta`` | hash | ``partitions`` — the topic partition count the workers run with |
 """
 
@@ -131,3 +132,9 @@ def alerter_lease() -> str:
 def finished() -> str:
     """Hash of stopped experiments' summaries (empirical-Bayes prior, Fisher pre-selection)."""
     return f"{PREFIX}:finished"
+
+
+def histograms(partition: int, experiment: str, variation: str) -> str:
+    """Quantile metrics' log-bucket histograms of one (partition, experiment, variation):
+    field ``<metric>:<bucket>`` (bucket ``z``, ``p<i>``, ``n<i>``) → integer count."""
+    return f"{tag(partition)}:h:{experiment}:{variation}"

@@ -16,6 +16,7 @@ import numpy as np
 
 from estimators.analysis import AnalysisSettings, MetricKind, MetricSpec
 from estimators.moments import FloatArray
+from estimators.quantiles import DEFAULT_ACCURACY, QuantileSpec
 from state.naming import column_names, model_id, prediction_column
 from state.registry import ExperimentDef
 
@@ -91,6 +92,8 @@ class ExperimentLayout:
         cands = tuple(c.name for c in d.in_experiment)
         specs = []
         for m in d.metrics:
+            if m.aggregate == "quantile":  # estimators.quantiles, from histograms
+                continue
             kind: MetricKind = "binary" if m.aggregate == "binary" else "numeric"
             pred = prediction_column(m.name) if m.name in self.prediction_columns else None
             specs.append(MetricSpec(m.name, kind, outcome=m.name, covariates=d.covariates,
@@ -100,6 +103,11 @@ class ExperimentLayout:
                                     denominator=r.denominator, covariates=d.covariates,
                                     in_experiment=cands))
         return specs
+
+    def quantile_specs(self) -> list[QuantileSpec]:
+        """The quantile metrics (estimators.quantiles; their column holds the unit value)."""
+        return [QuantileSpec(m.name, m.quantiles, m.accuracy or DEFAULT_ACCURACY)
+                for m in self.definition.metrics if m.aggregate == "quantile"]
 
     def analysis_settings(self) -> AnalysisSettings:
         d = self.definition

@@ -71,7 +71,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Aggregate = Literal["binary", "count", "sum"]
+Aggregate = Literal["binary", "count", "sum", "quantile"]
 CandidateAggregate = Literal["count", "sum"]
 Model = Literal["linear", "logistic", "tree", "forest"]
 Status = Literal["running", "stopped"]
@@ -105,6 +105,10 @@ class MetricDef:
     cap: float | None = None
     mde: float | None = None  # target relative MDE (power and time to decision)
     higher_is_better: bool = True  # desired direction (verdict, guardrail harm)
+    # aggregate quantile (estimators.quantiles): the unit value is the sum of its events'
+    # values; these quantiles of it are compared, from log-bucket histograms of this accuracy
+    quantiles: tuple[float, ...] = ()
+    accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -183,8 +187,10 @@ class ExperimentDef:
 
     @property
     def primary(self) -> str:
-        """The primary metric's name: ``primary_metric``, else the first metric."""
-        return self.primary_metric or self.metrics[0].name
+        """The primary metric's name: ``primary_metric``, else the first metric (the first
+        mean metric: quantile metrics are not verdict inputs)."""
+        means = [m.name for m in self.metrics if m.aggregate != "quantile"]
+        return self.primary_metric or (means or [self.metrics[0].name])[0]
 
     def targets(self) -> dict[str, float]:
         """Metric or ratio name → its target relative MDE (those that declare one)."""
@@ -222,7 +228,9 @@ class ExperimentDef:
             "variations": builtins.list(self.variations),
             "weights": builtins.list(self.weights),
             "metrics": [{"name": m.name, "event": m.event, "aggregate": m.aggregate,
-                         "cap": m.cap, "mde": m.mde, "higher_is_better": m.higher_is_better}
+                         "cap": m.cap, "mde": m.mde, "higher_is_better": m.higher_is_better,
+                         **({"quantiles": builtins.list(m.quantiles), "accuracy": m.accuracy}
+                            if m.aggregate == "quantile" else {})}
                         for m in self.metrics],
             "ratios": [{"name": r.name, "numerator": r.numerator, "denominator": r.denominator,
                         "mde": r.mde, "higher_is_better": r.higher_is_better}
@@ -391,10 +399,11 @@ def _time(path: str, x: Any) -> float:
 
 
 def _metric(path: str, x: Any) -> MetricDef:
-    d = _mapping(path, x, ("name", "event", "aggregate", "cap", "mde", "higher_is_better"),
-                 ("name", "event", "aggregate"))
+    d = _mapping(path, x, ("name", "event", "aggregate", "cap", "mde", "higher_is_better",
+                           *QUANTILE_FIELDS), ("name", "event", "aggregate"))
     cap, mde, hib = d.get("cap"), d.get("mde"), d.get("higher_is_better")
-    return MetricDef(name=_ident(f"{path}.name", d["name"]),
+    qs, acc = _quantile_fields(path, d)
+    return MetricDef(name=_ident(f"{path}.name", d["name"]), quantiles=qs, accuracy=acc,
                      event=_str(f"{path}.event", d["event"]),
                      aggregate=cast(Aggregate, _choice(f"{path}.aggregate", d["aggregate"],
                                                        AGGREGATES)),
@@ -541,6 +550,7 @@ def _validate(d: ExperimentDef) -> None:
             _positive(f"{p}.cap", m.cap)
         if m.mde is not None:
             _positive(f"{p}.mde", m.mde)
+        _check_quantile_metric(p, m)
         claim(f"{p}.name", m.name)
         metric_aggs[m.name] = m.aggregate
     for i, r in enumerate(d.ratios):
@@ -589,6 +599,7 @@ def _validate(d: ExperimentDef) -> None:
         raise _fail("end", f"must be after start ({d.end} <= {d.start})")
     _choice("status", d.status, STATUSES)
     analysable = set(metric_aggs) | {r.name for r in d.ratios}
+    _check_quantile_roles(d)
     if d.primary_metric is not None and d.primary_metric not in analysable:
         raise _fail("primary_metric", f"{show(d.primary_metric)} is not a metric or ratio")
     for i, g in enumerate(d.guardrails):
@@ -652,7 +663,7 @@ def _layout_of(d: ExperimentDef, name: str) -> Any:
     """A layout field; for metrics only what lays out storage (``mde`` and
     ``higher_is_better`` steer the analysis and may change)."""
     if name == "metrics":
-        return tuple((m.name, m.event, m.aggregate, m.cap) for m in d.metrics)
+        return tuple((m.name, m.event, m.aggregate, m.cap, m.accuracy) for m in d.metrics)
     return getattr(d, name)
 
 
@@ -717,3 +728,65 @@ class Registry:
         raw = self._r.get(VERSION_KEY)
         return 0 if raw is None else int(raw)
 
+
+
+# --------------------------------------------------------------------------- quantile metrics
+
+QUANTILE_FIELDS = ("q", "quantiles", "accuracy")
+MAX_QUANTILES = 10  # per metric
+
+
+def _quantile_fields(path: str, d: Mapping[str, Any]) -> tuple[tuple[float, ...], float | None]:
+    """``q: 0.9`` and/or ``quantiles: [0.5, 0.9]`` (merged, sorted) and ``accuracy``."""
+    qs: list[float] = []
+    if d.get("q") is not None:
+        qs.append(_number(f"{path}.q", d["q"]))
+    if d.get("quantiles") is not None:
+        raw = d["quantiles"]
+        if not isinstance(raw, list | tuple):
+            raise _fail(f"{path}.quantiles", "must be a list of numbers in (0, 1)")
+        qs += [_number(f"{path}.quantiles[{i}]", v) for i, v in enumerate(raw)]
+    acc = d.get("accuracy")
+    return tuple(sorted(set(qs))), None if acc is None else _number(f"{path}.accuracy", acc)
+
+
+def _check_quantile_metric(p: str, m: MetricDef) -> None:
+    """A quantile metric names 1..MAX_QUANTILES quantiles in (0, 1) and an accuracy in
+    [MIN_ACCURACY, MAX_ACCURACY]; other aggregates take neither."""
+    from estimators.quantiles import MAX_ACCURACY, MIN_ACCURACY
+
+    if m.aggregate != "quantile":
+        if m.quantiles:
+            raise _fail(f"{p}.quantiles", "only quantile metrics (aggregate: quantile) take q")
+        if m.accuracy is not None:
+            raise _fail(f"{p}.accuracy", "only quantile metrics (aggregate: quantile) take it")
+        return
+    if not m.quantiles:
+        raise _fail(f"{p}.q", "a quantile metric needs q (e.g. 0.9) or quantiles: [0.5, 0.9]")
+    if len(m.quantiles) > MAX_QUANTILES:
+        raise _fail(f"{p}.quantiles", f"at most {MAX_QUANTILES} quantiles per metric, got "
+                                      f"{len(m.quantiles)}")
+    for i, q in enumerate(m.quantiles):
+        if not (isinstance(q, float | int) and math.isfinite(q) and 0.0 < q < 1.0):
+            raise _fail(f"{p}.quantiles[{i}]", f"must be in (0, 1) (exclusive), got {q!r}")
+    if m.accuracy is not None and not (
+            isinstance(m.accuracy, float | int) and MIN_ACCURACY <= m.accuracy <= MAX_ACCURACY):
+        raise _fail(f"{p}.accuracy", f"must be in [{MIN_ACCURACY}, {MAX_ACCURACY}] (relative "
+                                     f"accuracy of the histogram), got {m.accuracy!r}")
+    if m.cap is not None:
+        raise _fail(f"{p}.cap", "quantile metrics are not capped (quantiles are robust)")
+    if m.mde is not None:
+        raise _fail(f"{p}.mde", "a target MDE is supported for mean metrics only")
+
+
+def _check_quantile_roles(d: ExperimentDef) -> None:
+    """The verdict reads mean metrics' documents: a quantile metric cannot be the primary
+    metric or a guardrail (it would be skipped)."""
+    quantile = {m.name for m in d.metrics if m.aggregate == "quantile"}
+    if d.primary_metric in quantile:
+        raise _fail("primary_metric", f"{d.primary_metric!r} is a quantile metric; the "
+                                      f"verdict uses mean metrics and ratios")
+    for i, g in enumerate(d.guardrails):
+        if g in quantile:
+            raise _fail(f"guardrails[{i}]", f"{g!r} is a quantile metric; guardrails are "
+                                            f"mean metrics and ratios")

@@ -14,6 +14,8 @@ from estimators.analysis import AnalysisSettings, analyze_metric
 from estimators.decision import decide_document
 from estimators.empirical_bayes import finished_record
 from estimators.moments import MomentMatrix
+from estimators.quantiles import from_fields
+from estimators.quantiles import metric_documents as quantile_metric_documents
 from estimators.report import Correction, slice_document
 from state import finished, history
 from state.layout import ExperimentLayout
@@ -23,6 +25,7 @@ from state.store import (
     Client,
     partition_count,
     read_counters,
+    read_histograms,
     read_matrices,
     read_partition_warnings,
 )
@@ -57,6 +60,7 @@ def experiment_document(client: Client, d: ExperimentDef,
     power.annotate(doc, d.alpha, d.sequential_tuning, d.targets(), elapsed,
                    None if elapsed is not None else _since(client, d.id, now))
     parts = range(partition_count(client))
+    doc["metrics"] += quantile_documents(client, d, lay, parts)
     counters = read_counters(client, parts)
     prefix = f"{d.id}:"
     doc["counters"] = {k[len(prefix):]: int(v) for k, v in counters.items()
@@ -140,3 +144,17 @@ def experiment_document_with(client: Client, d: ExperimentDef,
     if alpha is None or alpha == d.alpha:
         return experiment_document(client, d, correction)
     return experiment_document(client, replace(d, alpha=alpha), correction)
+
+
+def quantile_documents(client: Client, d: ExperimentDef, lay: ExperimentLayout,
+                       parts: range) -> list[dict[str, Any]]:
+    """The quantile metrics' documents from every partition's histograms."""
+    specs = lay.quantile_specs()
+    if not specs:
+        return []
+    stored = read_histograms(client, d.id, list(d.variations), parts)
+    acc = {s.name: s.accuracy for s in specs}
+    hists = {v: {m: from_fields(f, acc[m]) for m, f in per.items() if m in acc}
+             for v, per in stored.items()}
+    return quantile_metric_documents(specs, list(d.variations), hists, d.alpha,
+                                     d.sequential_tuning)

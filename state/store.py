@@ -52,6 +52,8 @@ class BatchWrite:
     last_event_ts: float | None = None
     # experiment → newest event time routed to it in this batch (its own freshness)
     experiment_last_ts: dict[str, float] = field(default_factory=dict)
+    # quantile histograms: (experiment, variation) → "<metric>:<bucket>" → count change
+    histograms: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,11 @@ class PartitionStore:
         args.append(len(w.experiment_last_ts))
         for exp, ts in w.experiment_last_ts.items():
             args += [f"{exp}:{LAST_EVENT_TS}", repr(float(ts))]
+        hist = [(keys.histograms(p, e, v), f, n) for (e, v), fields in w.histograms.items()
+                for f, n in fields.items() if n]
+        args.append(len(hist))
+        for key, f, n in hist:
+            args += [k(key), f, n]
         res = self._script(keys=key_list, args=args)
         if int(res[0]) == 1:
             return ApplyOutcome(True)
@@ -339,4 +346,22 @@ def stored_offsets_all(client: Client, partitions: Iterable[int]) -> Mapping[int
     for p in partitions:
         raw: Any = client.hgetall(keys.offsets(p))
         out[p] = {_text(k): int(v) for k, v in raw.items()}
+    return out
+
+
+def read_histograms(client: Client, experiment: str, variations: Sequence[str],
+                    partitions: Iterable[int]) -> dict[str, dict[str, dict[str, int]]]:
+    """Quantile histograms summed over partitions: variation → metric → bucket → count."""
+    pipe = client.pipeline(transaction=False)
+    for p in partitions:
+        for v in variations:
+            pipe.hgetall(keys.histograms(p, experiment, v))
+    out: dict[str, dict[str, dict[str, int]]] = {v: {} for v in variations}
+    raws = pipe.execute()
+    for i, raw in enumerate(raws):
+        v = variations[i % len(variations)]
+        for f, n in raw.items():
+            metric, _, bucket = _text(f).rpartition(":")
+            per = out[v].setdefault(metric, {})
+            per[bucket] = per.get(bucket, 0) + int(n)
     return out

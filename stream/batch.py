@@ -43,6 +43,7 @@ import msgspec
 import numpy as np
 
 from estimators.moments import FloatArray, MomentMatrix
+from estimators.quantiles import DEFAULT_ACCURACY, histogram_delta
 from state import keys
 from state.layout import ExperimentLayout
 from state.store import BatchWrite, PartitionStore, StoreError
@@ -592,8 +593,25 @@ class BatchBuilder:
             old_u = lay.unit_vectors(np.asarray(old, dtype=np.float64).reshape(-1, lay.width))
             shift, delta, base = self._shifted_delta(p, x, variation, new_u, old_u)
             w.matrices[(x, variation)] = (shift, delta)
+            self._histogram_deltas(w, x, variation, new_u, old_u)
             if base is not None:
                 w.matrix_bases[(x, variation)] = base
+
+    def _histogram_deltas(self, w: BatchWrite, experiment: str, variation: str,
+                          new_u: FloatArray, old_u: FloatArray) -> None:
+        """Quantile metrics: each touched unit's count moves from its old value's bucket to
+        its new one (estimators.quantiles), in the same atomic batch."""
+        lay = self.layouts[experiment]
+        for m in lay.definition.metrics:
+            if m.aggregate != "quantile":
+                continue
+            col = lay.columns.index(m.name)
+            delta = histogram_delta(new_u[:, col], old_u[:, col],
+                                    m.accuracy or DEFAULT_ACCURACY)
+            if delta:
+                fields = w.histograms.setdefault((experiment, variation), {})
+                for b, n in delta.items():
+                    fields[f"{m.name}:{b}"] = fields.get(f"{m.name}:{b}", 0) + n
 
     def _shifted_delta(self, p: int, experiment: str, variation: str, new_u: FloatArray,
                        old_u: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray | None]:

@@ -27,6 +27,14 @@ from estimators import power
 from estimators.analysis import AnalysisSettings, MetricKind, MetricSpec, analyze_metric
 from estimators.grouped import grouped_moments, prefix_moments
 from estimators.moments import MomentMatrix
+from estimators.quantiles import (
+    DEFAULT_ACCURACY,
+    MAX_ACCURACY,
+    MIN_ACCURACY,
+    Histogram,
+    QuantileSpec,
+)
+from estimators.quantiles import metric_documents as quantile_metric_documents
 from estimators.report import Correction, slice_document
 
 
@@ -47,6 +55,7 @@ MAX_ABS_VALUE = 1e75
 class MetricColumn:
     column: str
     kind: MetricKind | None = None  # None: detect (binary if every value is 0/1)
+    quantiles: tuple[float, ...] = ()  # COL:quantile=Q[,Q…]: a quantile metric
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class AnalyzeRequest:
     past: tuple[dict[str, Any], ...] | None = None  # finished-experiment records: empirical prior
     prior_sigmas: dict[str, float] | None = None  # per metric (set from ``past``)
     missing: Missing = "error"
+    quantile_accuracy: float = DEFAULT_ACCURACY  # histogram relative accuracy (quantiles)
 
     def __post_init__(self) -> None:
         if not self.metrics and not self.ratios:
@@ -84,6 +94,9 @@ class AnalyzeRequest:
             raise InputError(f"--missing must be one of {', '.join(MISSING_CHOICES)}, "
                              f"got {_brief(self.missing)}")
         _check_roles(self)
+        if not MIN_ACCURACY <= self.quantile_accuracy <= MAX_ACCURACY:
+            raise InputError(f"--quantile-accuracy must be in [{MIN_ACCURACY}, {MAX_ACCURACY}]"
+                             f", got {self.quantile_accuracy}")
 
     @property
     def label_columns(self) -> list[str]:
@@ -160,9 +173,28 @@ def _listing(values: Sequence[Any]) -> str:
 
 def parse_metric(text: str) -> MetricColumn:
     col, _, kind = text.partition(":")
+    if kind.startswith("quantile"):
+        return MetricColumn(col, None, _parse_quantiles(text, kind))
     if kind not in ("", "binary", "numeric"):
         raise InputError(f"metric {text!r}: kind must be 'binary' or 'numeric'")
     return MetricColumn(col, kind or None)  # type: ignore[arg-type]
+
+
+def _parse_quantiles(text: str, kind: str) -> tuple[float, ...]:
+    """``quantile=0.9`` or ``quantile=0.5,0.9``: each q in (0, 1)."""
+    head, eq, rest = kind.partition("=")
+    if head != "quantile" or not eq or not rest:
+        raise InputError(f"metric {text!r}: expected COL:quantile=Q[,Q…] with Q in (0, 1)")
+    out = []
+    for part in rest.split(","):
+        try:
+            q = float(part)
+        except ValueError:
+            raise InputError(f"metric {text!r}: quantile {part!r} is not a number") from None
+        if not 0.0 < q < 1.0:
+            raise InputError(f"metric {text!r}: quantile {part!r} must be in (0, 1)")
+        out.append(q)
+    return tuple(sorted(set(out)))
 
 
 def parse_ratio(text: str) -> RatioColumns:
@@ -355,7 +387,9 @@ def analyze_frame(frame: pd.DataFrame, req: AnalyzeRequest) -> dict[str, Any]:
     slices = []
     for s, key in enumerate(slice_keys):
         arms = {v: mats[s * nv + i] for i, v in enumerate(variations)}
-        doc = _slice(key, variations, arms, weights, specs, req)
+        in_slice = slice_id == s
+        doc = _slice(key, variations, arms, weights, specs, req,
+                     (values[in_slice], var_id[in_slice]))
         if order is not None:
             rows = np.flatnonzero(slice_id == s)
             doc["timeline"] = _timeline(rows, order, values, var_id, variations, weights,
@@ -401,6 +435,8 @@ def _specs(req: AnalyzeRequest, values: np.ndarray) -> list[MetricSpec]:
     cols = req.value_columns
     out = []
     for m in req.metrics:
+        if m.quantiles:  # estimators.quantiles, from histograms
+            continue
         column = values[:, cols.index(m.column)]
         is01 = bool(np.isin(column, (0.0, 1.0)).all())
         if m.kind == "binary" and not is01:
@@ -418,14 +454,34 @@ def _specs(req: AnalyzeRequest, values: np.ndarray) -> list[MetricSpec]:
 
 def _slice(key: dict[str, str] | None, variations: list[str], arms: dict[str, MomentMatrix],
            weights: list[float] | None, specs: list[MetricSpec],
-           req: AnalyzeRequest) -> dict[str, Any]:
+           req: AnalyzeRequest, quantile_rows: tuple[np.ndarray, np.ndarray] | None = None
+           ) -> dict[str, Any]:
     sig = req.prior_sigmas or {}
     results = [analyze_metric(spec, arms, req.control,
                               replace(req.settings, prior_sigma=sig[spec.name])
                               if spec.name in sig else req.settings) for spec in specs]
     counts = {v: arms[v].n for v in variations}
     doc = slice_document(key, variations, counts, weights, results, req.correction)
-    return power.annotate(doc, req.settings.alpha, req.settings.sequential_tuning)
+    doc = power.annotate(doc, req.settings.alpha, req.settings.sequential_tuning)
+    if quantile_rows is not None:
+        doc["metrics"] += _quantiles(req, variations, *quantile_rows)
+    return doc
+
+
+def _quantiles(req: AnalyzeRequest, variations: list[str], values: np.ndarray,
+               var_id: np.ndarray) -> list[dict[str, Any]]:
+    """Quantile metrics of one slice: one histogram per (metric, variation) of the rows'
+    values, built like the streamed ones (estimators.quantiles)."""
+    specs = [QuantileSpec(m.column, m.quantiles, req.quantile_accuracy)
+             for m in req.metrics if m.quantiles]
+    if not specs:
+        return []
+    cols = req.value_columns
+    hists = {v: {s.name: Histogram.of(values[var_id == i, cols.index(s.name)],
+                                      req.quantile_accuracy) for s in specs}
+             for i, v in enumerate(variations)}
+    return quantile_metric_documents(specs, variations, hists, req.settings.alpha,
+                                     req.settings.sequential_tuning)
 
 
 def _timeline(rows: np.ndarray, order: np.ndarray, values: np.ndarray, var_id: np.ndarray,
@@ -442,7 +498,9 @@ def _timeline(rows: np.ndarray, order: np.ndarray, values: np.ndarray, var_id: n
     points = []
     for cut, mats in zip(cuts, prefix, strict=True):
         arms = dict(zip(variations, mats, strict=True))
-        doc = _slice(None, variations, arms, weights, specs, req)
+        upto_rows = sorted_rows[:cut]
+        doc = _slice(None, variations, arms, weights, specs, req,
+                     (values[upto_rows], var_id[upto_rows]))
         doc.pop("by")
         upto = order[sorted_rows[cut - 1]]
         points.append({"upto": upto.item() if hasattr(upto, "item") else upto, "rows": cut,

@@ -42,6 +42,12 @@ def _obj(properties: dict[str, Any], required: Iterable[str]) -> dict[str, Any]:
             "additionalProperties": False}
 
 
+_Q = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+_QUANTILE_FIELDS: dict[str, Any] = {  # aggregate: quantile (estimators.quantiles)
+    "q": _Q, "quantiles": {"type": "array", "items": _Q, "minItems": 1, "maxItems": 10},
+    "accuracy": {"type": "number", "minimum": 0.0001, "maximum": 0.01}}
+
+
 DEFINITION_SCHEMA: dict[str, Any] = {
     **_obj({
         "id": _ID,
@@ -52,7 +58,7 @@ DEFINITION_SCHEMA: dict[str, Any] = {
         "metrics": {"type": "array", "minItems": 1, "items": _obj({
             "name": _ID, "event": _NAME,
             "aggregate": {"enum": list(AGGREGATES)},
-            "cap": _POSITIVE}, ("name", "event", "aggregate"))},
+            "cap": _POSITIVE, **_QUANTILE_FIELDS}, ("name", "event", "aggregate"))},
         "ratios": {"type": "array", "items": _obj(
             {"name": _ID, "numerator": _NAME, "denominator": _NAME},
             ("name", "numerator", "denominator"))},

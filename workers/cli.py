@@ -72,7 +72,8 @@ def _analyze(args: argparse.Namespace) -> int:
             weights=parse_weights(args.weights) if args.weights else None,
             by=tuple(c for part in args.by for c in part.split(",") if c),
             timeline=args.timeline, points=args.points, settings=settings,
-            correction=args.correction, past=_past(args), missing=args.missing)
+            correction=args.correction, past=_past(args), missing=args.missing,
+            quantile_accuracy=args.quantile_accuracy)
         doc = analyze_file(args.file, req)
     except (InputError, ValueError) as exc:
         return _fail("analyze", str(exc))
@@ -161,7 +162,10 @@ def add_analyze_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--variation", required=True, help="column holding the variation name")
     p.add_argument("--control", required=True, help="name of the control variation")
     p.add_argument("--metric", action="append", default=[],
-                   help="metric column, optionally COL:binary or COL:numeric (repeatable)")
+                   help="metric column, optionally COL:binary or COL:numeric, or a quantile "
+                        "metric COL:quantile=0.9 (or =0.5,0.9) (repeatable)")
+    p.add_argument("--quantile-accuracy", type=float, default=0.01,
+                   help="relative accuracy of quantile histograms, in [0.0001, 0.01] (0.01)")
     p.add_argument("--ratio", action="append", default=[],
                    help="ratio metric NAME=NUM_COL/DEN_COL (repeatable)")
     p.add_argument("--covariate", action="append", default=[],
