@@ -1,4 +1,4 @@
-"""``workers.replay`` and ``workers.simulate`` without a broker: messages, truth, faults."""
+"""``workers.dev.replay`` and ``workers.dev.simulate`` without a broker: messages, truth, faults."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from state.layout import ExperimentLayout
 from state.registry import parse_definition
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
 from workers import replay, simulate
-from workers.replay import ReplayError, ReplayReport, replay_messages
-from workers.simulate import (
+from workers.dev.replay import ReplayError, ReplayReport, replay_messages
+from workers.dev.simulate import (
     SimulationConfig,
     control_means,
     simulate_messages,

@@ -35,7 +35,7 @@ duplicating it). A lease in Redis lets only one of several alerter replicas eval
 
 Sinks: the alerts topic (``LIFTSTREAM_TOPIC_ALERTS``, key = experiment id, JSON value) and every
 URL in ``LIFTSTREAM_ALERT_WEBHOOKS`` (Slack-compatible body: ``text`` plus structured fields;
-:mod:`workers.webhooks` retries with exponential backoff, one thread per URL).
+:mod:`workers.alerter.webhooks` retries with exponential backoff, one thread per URL).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from state.registry import ExperimentDef, Registry
 from state.results import experiment_document
 from state.store import Client, connect
 from state.window import accepts
+from workers.alerter.webhooks import WebhookDispatcher
 from workers.settings import Settings, SettingsError, load_settings
-from workers.webhooks import WebhookDispatcher
 
 __all__ = ["Alert", "Alerter", "KafkaAlertSink", "add_alerter_parser", "evaluate_experiment"]
 

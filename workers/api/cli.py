@@ -1,6 +1,6 @@
 """``liftstream api`` sub-command: settings, the token policy, uvicorn.
 
-Kept apart from :mod:`workers.api` so building the CLI parser does not import FastAPI.
+Kept apart from :mod:`workers.api.app` so building the CLI parser does not import FastAPI.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["add_api_parser"]
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from workers.api import create_app, resolve_auth
+    from workers.api.app import create_app, resolve_auth
     from workers.settings import SettingsError, load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -58,7 +58,7 @@ def log_config() -> dict[str, Any]:
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["redact_tokens"] = {
-        "()": "workers.api_guard.RedactTokens"}
+        "()": "workers.api.guard.RedactTokens"}
     for handler in config.get("handlers", {}).values():
         handler.setdefault("filters", []).append("redact_tokens")
     return config

@@ -19,24 +19,24 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "worker": ("ingest exposures and events into Redis", "workers.cli", "add_worker_parser"),
     "results": ("current results of a live experiment", "workers.cli", "add_results_parser"),
     "experiments": ("manage experiment definitions in the registry",
-                    "workers.experiments_cli", "add_experiments_parser"),
-    "api": ("serve the query API, /metrics and the dashboard", "workers.api_cli",
+                    "workers.cli.experiments", "add_experiments_parser"),
+    "api": ("serve the query API, /metrics and the dashboard", "workers.api.cli",
             "add_api_parser"),
     "alerter": ("alert on significance, guardrail harm, SRM and stale data",
-                "workers.alerter", "add_alerter_parser"),
-    "replay": ("publish a unit-level CSV file as exposures and events", "workers.replay",
+                "workers.alerter.service", "add_alerter_parser"),
+    "replay": ("publish a unit-level CSV file as exposures and events", "workers.dev.replay",
                "add_replay_parser"),
     "simulate": ("publish a synthetic experiment with known true effects",
-                 "workers.simulate", "add_simulate_parser"),
-    "demo": ("run everything embedded with a simulated experiment", "workers.demo",
+                 "workers.dev.simulate", "add_simulate_parser"),
+    "demo": ("run everything embedded with a simulated experiment", "workers.dev.demo",
              "add_demo_parser"),
     "learner": ("train online models on the training topic (CUPAC/MLRATE predictions)",
-                "workers.learner", "add_learner_parser"),
-    "models": ("online models: version, quality, effect in results", "workers.models_cli",
+                "workers.learner.loop", "add_learner_parser"),
+    "models": ("online models: version, quality, effect in results", "workers.cli.models",
                "add_models_parser"),
-    "offsets": ("stored offsets against the Kafka log; accept a gap", "workers.offsets_cli",
+    "offsets": ("stored offsets against the Kafka log; accept a gap", "workers.cli.offsets",
                 "add_offsets_parser"),
-    "plan": ("units and days needed for a target MDE (80%% power)", "workers.plan",
+    "plan": ("units and days needed for a target MDE (80%% power)", "workers.batch.plan",
              "add_plan_parser"),
 }
 
@@ -48,7 +48,7 @@ def _fail(command: str, message: str) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from estimators.analysis import AnalysisSettings
-    from workers.analyze import (
+    from workers.batch.analyze import (
         AnalyzeRequest,
         InputError,
         analyze_file,
@@ -56,7 +56,7 @@ def _analyze(args: argparse.Namespace) -> int:
         parse_ratio,
         parse_weights,
     )
-    from workers.table import render
+    from workers.cli.table import render
 
     try:
         settings = AnalysisSettings(alpha=args.alpha, sequential_tuning=args.sequential_tuning,
@@ -84,8 +84,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _past(args: argparse.Namespace) -> tuple[dict[str, Any], ...] | None:
-    from workers.analyze import InputError
-    from workers.past import load_past
+    from workers.batch.analyze import InputError
+    from workers.batch.past import load_past
 
     if args.prior == "empirical":
         if not args.past:
@@ -124,7 +124,7 @@ def _results(args: argparse.Namespace) -> int:
     if d is None:
         return _fail("results", f"unknown experiment {args.experiment!r}")
     from state.results import experiment_document
-    from workers.table import render
+    from workers.cli.table import render
 
     _emit(experiment_document(client, d, args.correction), args.format, render)
     return 0
@@ -227,6 +227,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     return handler(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,1 +1,1 @@
-"""Development tooling: simulate, replay, the embedded demo, embedded servers, learner simulation."""
+"""Development tooling: simulate, replay, the demo, embedded servers, learner simulation."""

@@ -29,10 +29,10 @@ import msgspec
 from state.registry import Registry
 from state.results import experiment_document
 from state.store import connect, partition_count, read_counters
-from workers.embedded import start_broker, start_redis
-from workers.replay import prepare_topics
+from workers.dev.embedded import start_broker, start_redis
+from workers.dev.replay import prepare_topics
+from workers.dev.simulate import SimulationConfig, true_effects
 from workers.settings import Settings, to_env
-from workers.simulate import SimulationConfig, true_effects
 
 CHILDREN = (("worker-1", ["worker", "--name", "worker-1"]),
             ("worker-2", ["worker", "--name", "worker-2"]),

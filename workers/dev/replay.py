@@ -6,7 +6,7 @@ column with a non-zero value, one event named after the column carrying that val
 ``"{unit}:{column}"``, so re-delivered copies count once. Messages are keyed by the unit id,
 so a unit's exposure and events land in the same partition number of both topics.
 
-:func:`publish` (also used by :mod:`workers.simulate`) sends with ``acks="all"``, an optional
+:func:`publish` (also used by :mod:`workers.dev.simulate`) sends with ``acks="all"``, an optional
 rate limit and a plain-text progress bar on stderr, and returns only after the broker
 acknowledged every message.
 """
@@ -29,7 +29,7 @@ from state.registry import ExperimentDef, Registry
 from state.store import connect
 from stream.kafka import ensure_topics, make_producer, wait_for_broker
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.analyze import InputError, numeric_column
+from workers.batch.analyze import InputError, numeric_column
 from workers.settings import Settings, SettingsError, load_settings
 
 __all__ = [

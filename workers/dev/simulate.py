@@ -43,7 +43,7 @@ import redis.exceptions
 from state.registry import DefinitionError, Registry, parse_definition
 from state.store import connect
 from stream.messages import MAX_TS, MIN_TS, Event, Exposure, encode_event, encode_exposure
-from workers.replay import Message, PublishError, ReplayError, publish
+from workers.dev.replay import Message, PublishError, ReplayError, publish
 from workers.settings import Settings, SettingsError, load_settings
 
 __all__ = [

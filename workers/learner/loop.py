@@ -3,8 +3,8 @@
 Ingest workers publish a :class:`~stream.batch.TrainingExample` when a unit's outcome window
 closes — after its ŷ was frozen at exposure, so no unit trains the prediction it is analysed
 with (Tang et al. 2020, CUPAC; Guo et al. 2021, MLRATE: the model must not see the unit).
-The learner keeps one :class:`~workers.online_model.OnlineModel` per model id, its kind taken
-from the experiment definition (``"<experiment>/<metric>"`` → ``ExperimentDef.model``;
+The learner keeps one :class:`~workers.learner.online_model.OnlineModel` per model id, its kind
+taken from the experiment definition (``"<experiment>/<metric>"`` → ``ExperimentDef.model``;
 ``linear`` for ids of no registered experiment, e.g. historical examples), and publishes
 snapshots through :class:`~state.models.ModelRegistry` every
 ``learner_snapshot_examples`` examples or ``learner_snapshot_seconds`` seconds.
@@ -59,7 +59,7 @@ from state.registry import ExperimentDef, Registry
 from state.store import Client, connect
 from stream.batch import TrainingExample
 from stream.kafka import TopicPartition, ensure_topics, make_consumer, partition_counts
-from workers.online_model import DEFAULT_KIND, KINDS, OnlineModel
+from workers.learner.online_model import DEFAULT_KIND, KINDS, OnlineModel
 from workers.settings import Settings, SettingsError, load_settings
 
 __all__ = ["Learner", "LearnerConflict", "LearnerState", "add_learner_parser", "offset_key",
