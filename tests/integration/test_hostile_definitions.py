@@ -25,7 +25,7 @@ from state.registry import REGISTRY_KEY, DefinitionError, Registry, parse_defini
 from stream.batch import TrainingExample
 from workers.api.app import create_app, resolve_auth
 from workers.cli.experiments import add_experiments_parser
-from workers.learner.loop import LearnerState, offset_key
+from workers.learner.checkpoint import LearnerState, offset_key
 from workers.learner.online_model import OnlineModel
 from workers.settings import Settings
 

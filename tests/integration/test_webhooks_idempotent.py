@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from state.store import connect
-from workers.alerter.service import Alerter, WebhookSink
+from workers.alerter.service import Alerter
+from workers.alerter.sinks import WebhookSink
 from workers.alerter.webhooks import WebhookSender
 
 from .apikit import Population

@@ -23,7 +23,7 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "api": ("serve the query API, /metrics and the dashboard", "workers.api.cli",
             "add_api_parser"),
     "alerter": ("alert on significance, guardrail harm, SRM and stale data",
-                "workers.alerter.service", "add_alerter_parser"),
+                "workers.alerter.cli", "add_alerter_parser"),
     "replay": ("publish a unit-level CSV file as exposures and events", "workers.dev.replay",
                "add_replay_parser"),
     "simulate": ("publish a synthetic experiment with known true effects",
@@ -31,7 +31,7 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "demo": ("run everything embedded with a simulated experiment", "workers.dev.demo",
              "add_demo_parser"),
     "learner": ("train online models on the training topic (CUPAC/MLRATE predictions)",
-                "workers.learner.loop", "add_learner_parser"),
+                "workers.learner.cli", "add_learner_parser"),
     "models": ("online models: version, quality, effect in results", "workers.cli.models",
                "add_models_parser"),
     "offsets": ("stored offsets against the Kafka log; accept a gap", "workers.cli.offsets",
@@ -39,11 +39,6 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "plan": ("units and days needed for a target MDE (80%% power)", "workers.batch.plan",
              "add_plan_parser"),
 }
-
-
-def _fail(command: str, message: str) -> int:
-    print(f"liftstream {command}: error: {message}", file=sys.stderr)
-    return 2
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -56,6 +51,7 @@ def _analyze(args: argparse.Namespace) -> int:
         parse_ratio,
         parse_weights,
     )
+    from workers.cli.prologue import fail
     from workers.cli.table import render
 
     try:
@@ -75,9 +71,9 @@ def _analyze(args: argparse.Namespace) -> int:
             correction=args.correction, past=_past(args), missing=args.missing)
         doc = analyze_file(args.file, req)
     except (InputError, ValueError) as exc:
-        return _fail("analyze", str(exc))
+        return fail("analyze", str(exc))
     except ArithmeticError as exc:  # float64 range, e.g. squares of 1e-160 underflow to 0
-        return _fail("analyze", f"a statistic left the float64 range ({type(exc).__name__}: "
+        return fail("analyze", f"a statistic left the float64 range ({type(exc).__name__}: "
                                 f"{exc}); rescale the columns")
     _emit(doc, args.format, render)
     return 0
@@ -99,35 +95,32 @@ def _past(args: argparse.Namespace) -> tuple[dict[str, Any], ...] | None:
 def _worker(args: argparse.Namespace) -> int:
     import logging
 
+    from workers.cli.prologue import run
     from workers.ingest import run_worker
-    from workers.settings import SettingsError, load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        return _fail("worker", str(exc))
-    return run_worker(settings, args.name)
+    return run("worker", lambda settings: run_worker(settings, args.name))
 
 
 def _results(args: argparse.Namespace) -> int:
-    from state.registry import Registry
-    from state.store import connect
-    from workers.settings import SettingsError, load_settings
+    from workers.cli.prologue import CommandError, run
+    from workers.settings import Settings
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        return _fail("results", str(exc))
-    client = connect(settings.redis_url, settings.redis_cluster)
-    d = Registry(client).get(args.experiment)  # the first Redis read: before scipy loads
-    if d is None:
-        return _fail("results", f"unknown experiment {args.experiment!r}")
-    from state.results import experiment_document
-    from workers.cli.table import render
+    def body(settings: Settings) -> int:
+        from state.registry import Registry
+        from state.store import connect
 
-    _emit(experiment_document(client, d, args.correction), args.format, render)
-    return 0
+        client = connect(settings.redis_url, settings.redis_cluster)
+        d = Registry(client).get(args.experiment)  # the first Redis read: before scipy loads
+        if d is None:
+            raise CommandError(f"unknown experiment {args.experiment!r}")
+        from state.results import experiment_document
+        from workers.cli.table import render
+
+        _emit(experiment_document(client, d, args.correction), args.format, render)
+        return 0
+
+    return run("results", body)
 
 
 def _emit(doc: dict[str, Any], fmt: str, render: Callable[[dict[str, Any]], str]) -> None:

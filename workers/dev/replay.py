@@ -30,7 +30,8 @@ from state.store import connect
 from stream.kafka import ensure_topics, make_producer, wait_for_broker
 from stream.messages import Event, Exposure, encode_event, encode_exposure
 from workers.batch.analyze import InputError, numeric_column
-from workers.settings import Settings, SettingsError, load_settings
+from workers.cli.prologue import fail, run
+from workers.settings import Settings
 
 __all__ = [
     "DEFAULT_START_TS",
@@ -379,27 +380,22 @@ def replay_file(settings: Settings, path: str, experiment: str, unit: str | None
 # --------------------------------------------------------------------------- CLI
 
 
-def _fail(message: str, status: int = 2) -> int:
-    print(f"liftstream replay: error: {message}", file=sys.stderr)
-    return status
-
-
 def _replay_command(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        return _fail(str(exc))
+    return run("replay", lambda settings: _replay_with(args, settings))
+
+
+def _replay_with(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = replay_file(settings, args.file, args.experiment, args.unit, args.variation,
                              args.metric, args.covariate, rate=args.rate,
                              shuffle=args.shuffle, duplicate=args.duplicate, seed=args.seed,
                              progress=not args.no_progress)
     except ReplayError as exc:
-        return _fail(str(exc))
+        return fail("replay", str(exc))
     except (PublishError, TimeoutError) as exc:
-        return _fail(str(exc), 1)
+        return fail("replay", str(exc), 1)
     except redis.exceptions.RedisError as exc:
-        return _fail(f"Redis at {settings.redacted()['redis_url']}: {exc}", 1)
+        return fail("replay", f"Redis at {settings.redacted()['redis_url']}: {exc}", 1)
     print(report)
     return 0
 

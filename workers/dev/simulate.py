@@ -43,8 +43,9 @@ import redis.exceptions
 from state.registry import DefinitionError, Registry, parse_definition
 from state.store import connect
 from stream.messages import MAX_TS, MIN_TS, Event, Exposure, encode_event, encode_exposure
+from workers.cli.prologue import fail, run
 from workers.dev.replay import Message, PublishError, ReplayError, publish
-from workers.settings import Settings, SettingsError, load_settings
+from workers.settings import Settings
 
 __all__ = [
     "SimulationConfig",
@@ -436,16 +437,11 @@ def run_simulation(settings: Settings, cfg: SimulationConfig, progress: bool = T
 # --------------------------------------------------------------------------- CLI
 
 
-def _fail(message: str, status: int = 2) -> int:
-    print(f"liftstream simulate: error: {message}", file=sys.stderr)
-    return status
-
-
 def _simulate_command(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        return _fail(str(exc))
+    return run("simulate", lambda settings: _simulate_with(args, settings))
+
+
+def _simulate_with(args: argparse.Namespace, settings: Settings) -> int:
     try:
         cfg = SimulationConfig(
             experiment=args.experiment, units=args.units, arms=args.arms, effect=args.effect,
@@ -457,15 +453,15 @@ def _simulate_command(args: argparse.Namespace) -> int:
             model=args.model, outcome_window_seconds=args.outcome_window)
         parse_definition(simulation_definition(cfg))
     except (ValueError, DefinitionError) as exc:
-        return _fail(str(exc))
+        return fail("simulate", str(exc))
     try:
         result = run_simulation(settings, cfg, progress=not args.no_progress)
     except ReplayError as exc:
-        return _fail(str(exc))
+        return fail("simulate", str(exc))
     except (PublishError, TimeoutError) as exc:
-        return _fail(str(exc), 1)
+        return fail("simulate", str(exc), 1)
     except redis.exceptions.RedisError as exc:
-        return _fail(f"Redis at {settings.redacted()['redis_url']}: {exc}", 1)
+        return fail("simulate", f"Redis at {settings.redacted()['redis_url']}: {exc}", 1)
     sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
     sys.stdout.flush()
     return 0
