@@ -10,7 +10,8 @@ import pytest
 from estimators.analysis import AnalysisSettings
 from state.registry import Registry, parse_definition
 from state.results import experiment_document
-from workers.batch.analyze import AnalyzeRequest, MetricColumn, analyze_frame
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
 from workers.dev.embedded import Broker
 from workers.dev.replay import replay_messages
 from workers.settings import Settings

@@ -22,7 +22,8 @@ from tests.integration.streaming import (
     wait_for_messages,
     worker_thread,
 )
-from workers.batch.analyze import AnalyzeRequest, MetricColumn, analyze_frame
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
 from workers.dev.embedded import Broker
 from workers.dev.replay import ReplayError, add_replay_parser, replay_file
 from workers.dev.simulate import SimulationConfig, run_simulation

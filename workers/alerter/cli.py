@@ -1,5 +1,6 @@
 """``liftstream alerter``: the command that runs the alerter (or evaluates once)."""
 
+from __future__ import annotations
 
 import argparse
 import logging

@@ -1,5 +1,6 @@
 """Alert rules, pure: which transitions of a result document raise which alert, and its text."""
 
+from __future__ import annotations
 
 import uuid
 import zlib

@@ -43,14 +43,8 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
 
 def _analyze(args: argparse.Namespace) -> int:
     from estimators.analysis import AnalysisSettings
-    from workers.batch.analyze import (
-        AnalyzeRequest,
-        InputError,
-        analyze_file,
-        parse_metric,
-        parse_ratio,
-        parse_weights,
-    )
+    from workers.batch.analyze import AnalyzeRequest, analyze_file
+    from workers.batch.columns import InputError, parse_metric, parse_ratio, parse_weights
     from workers.cli.prologue import fail
     from workers.cli.table import render
 
@@ -80,7 +74,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _past(args: argparse.Namespace) -> tuple[dict[str, Any], ...] | None:
-    from workers.batch.analyze import InputError
+    from workers.batch.columns import InputError
     from workers.batch.past import load_past
 
     if args.prior == "empirical":
