@@ -46,7 +46,6 @@ def _analyze(args: argparse.Namespace) -> int:
     from workers.batch.analyze import AnalyzeRequest, analyze_file
     from workers.batch.columns import InputError, parse_metric, parse_ratio, parse_weights
     from workers.cli.prologue import fail
-    from workers.cli.table import render
 
     try:
         settings = AnalysisSettings(alpha=args.alpha, sequential_tuning=args.sequential_tuning,
@@ -69,7 +68,7 @@ def _analyze(args: argparse.Namespace) -> int:
     except ArithmeticError as exc:  # float64 range, e.g. squares of 1e-160 underflow to 0
         return fail("analyze", f"a statistic left the float64 range ({type(exc).__name__}: "
                                 f"{exc}); rescale the columns")
-    _emit(doc, args.format, render)
+    _emit(doc, args.format)
     return 0
 
 
@@ -109,20 +108,27 @@ def _results(args: argparse.Namespace) -> int:
         if d is None:
             raise CommandError(f"unknown experiment {args.experiment!r}")
         from state.results import experiment_document
-        from workers.cli.table import render
 
-        _emit(experiment_document(client, d, args.correction), args.format, render)
+        _emit(experiment_document(client, d, args.correction), args.format)
         return 0
 
     return run("results", body)
 
 
-def _emit(doc: dict[str, Any], fmt: str, render: Callable[[dict[str, Any]], str]) -> None:
+def _emit(doc: dict[str, Any], fmt: str) -> None:
+    """JSON, or the table: ``rich`` tables on a terminal, plain text otherwise."""
     import msgspec
 
     if fmt == "json":
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(doc), indent=1))
         sys.stdout.buffer.write(b"\n")
+        return
+    from workers.cli.table import render, renderable
+
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(renderable(doc))
     else:
         sys.stdout.write(render(doc))
 
