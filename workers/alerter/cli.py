@@ -14,8 +14,6 @@ from workers.settings import Settings
 log = logging.getLogger("liftstream.alerter")
 
 
-# --------------------------------------------------------------------------- CLI
-
 
 def _alerter_command(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

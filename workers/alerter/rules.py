@@ -44,8 +44,6 @@ class AlertSink(Protocol):
     def close(self, timeout: float = 5.0) -> None: ...
 
 
-# --------------------------------------------------------------------------- evaluation
-
 
 def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "n/a" if x is None else format(x, spec)

@@ -14,8 +14,6 @@ from workers.settings import Settings
 
 log = logging.getLogger("liftstream.alerter")
 
-# --------------------------------------------------------------------------- sinks
-
 
 class KafkaAlertSink:
     """Publishes alerts to the alerts topic; unsent alerts are kept (bounded) and retried."""

@@ -27,8 +27,6 @@ from workers.dev.processes import (
 )
 from workers.dev.redis_server import RedisServer, find_redis_binary, start_redis
 
-# --------------------------------------------------------------------------- Redis Cluster
-
 
 class RedisCluster:
     """Running cluster-enabled Redis nodes covering all slots. Use :func:`start_redis_cluster`."""

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from stream.messages import MAX_TS, MIN_TS
 
-# ---- the generating process's constants (see the module docstring)
+# ---- the generating process's constants (see the docstring of workers.dev.simulate)
 ACTIVITY_SHAPE: Final = 2.0  # k
 ACTIVITY_SCALE: Final = 1.0  # θ
 P_MAX: Final = 0.3
