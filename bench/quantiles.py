@@ -18,7 +18,7 @@ import numpy as np
 from estimators.quantiles import Histogram, bucket_field
 from state import keys
 from state.store import BatchWrite, PartitionStore
-from workers.embedded import start_redis
+from workers.dev.embedded import start_redis
 
 
 def _values(n: int, sigma: float, seed: int) -> np.ndarray:

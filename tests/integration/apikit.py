@@ -27,7 +27,7 @@ from state.registry import Registry
 from state.store import Client, PartitionStore
 from stream.batch import BatchBuilder, RawRecord, Topics
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.embedded import free_port
+from workers.dev.embedded import free_port
 from workers.settings import Settings, to_env
 
 Message = tuple[str, bytes, bytes]  # kind ("exposures" | "events"), key, value

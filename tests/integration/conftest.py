@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stream.kafka import ensure_topics
-from workers.embedded import (
+from workers.dev.embedded import (
     Broker,
     RedisCluster,
     RedisServer,

@@ -25,7 +25,8 @@ from state.store import Client, connect, partition_count, read_counters
 from state.units import UnitState
 from stream.kafka import ensure_topics, make_producer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
 from workers.ingest import IngestWorker
 from workers.settings import ENV_PREFIX, Settings, env_name
 

@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 
 from state.registry import Registry, parse_definition
 from state.store import connect
-from workers.api import create_app, resolve_auth
-from workers.api_guard import redact_tokens
-from workers.cache import Busy, ComputeGate, SingleFlightCache
+from workers.api.app import create_app, resolve_auth
+from workers.api.cache import Busy, ComputeGate, SingleFlightCache
+from workers.api.guard import redact_tokens
 from workers.settings import Settings
 
 from .apikit import (

@@ -26,7 +26,7 @@ from state import keys
 from state.registry import Registry, parse_definition
 from state.results import experiment_document
 from state.store import Client, read_counters
-from workers.embedded import Broker
+from workers.dev.embedded import Broker
 
 from .conftest import unique
 from .streaming import (

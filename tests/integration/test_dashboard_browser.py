@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from state.registry import Registry, parse_definition
-from workers.alerter import Alerter
-from workers.embedded import Broker
+from workers.alerter.service import Alerter
+from workers.dev.embedded import Broker
 
 from .apikit import (
     Population,

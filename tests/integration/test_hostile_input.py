@@ -37,7 +37,7 @@ from state.results import experiment_document
 from state.store import Client, PartitionStore, read_counters
 from stream.kafka import TopicPartition, make_consumer, make_producer
 from stream.messages import DEAD_LETTER_ORIGINAL_BYTES, MAX_TS, MIN_TS, Event, encode_event
-from workers.embedded import Broker
+from workers.dev.embedded import Broker
 from workers.ingest import IngestWorker
 from workers.settings import Settings
 

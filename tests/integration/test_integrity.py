@@ -30,7 +30,7 @@ from state.units import UnitState, pack_format_1
 from state.warnings import experiment_warnings
 from stream.kafka import TopicPartition, make_consumer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.embedded import Broker
+from workers.dev.embedded import Broker
 from workers.ingest import IngestWorker
 from workers.settings import Settings
 
@@ -132,7 +132,7 @@ def scrape_metrics(s: Settings) -> dict[str, float]:
     """``GET /metrics`` of a real API app on the test's Redis."""
     from fastapi.testclient import TestClient
 
-    from workers.api import create_app, resolve_auth
+    from workers.api.app import create_app, resolve_auth
 
     s = replace(s, api_read_tokens=("read-1",), api_admin_tokens=("admin-1",))
     with TestClient(create_app(s, auth=resolve_auth(s)[0], lag_interval=None)) as api:

@@ -23,8 +23,9 @@ from state.registry import Registry, parse_definition
 from state.results import experiment_document
 from state.store import partition_count, read_histograms
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
-from workers.embedded import Broker
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
+from workers.dev.embedded import Broker
 
 from .conftest import unique
 from .streaming import (

@@ -21,7 +21,7 @@ from state.registry import Registry, parse_definition
 from state.results import experiment_document
 from state.store import read_counters
 from stream.kafka import ensure_topics
-from workers.embedded import Broker
+from workers.dev.embedded import Broker
 from workers.ingest import CoPartitioningError, IngestWorker
 
 from .conftest import unique

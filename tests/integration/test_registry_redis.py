@@ -21,7 +21,7 @@ from state.registry import (
     Registry,
     parse_definition,
 )
-from workers.experiments_cli import add_experiments_parser
+from workers.cli.experiments import add_experiments_parser
 
 HILL_YAML = """\
 id: hill

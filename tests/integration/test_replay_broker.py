@@ -22,11 +22,12 @@ from tests.integration.streaming import (
     wait_for_messages,
     worker_thread,
 )
-from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
-from workers.embedded import Broker
-from workers.replay import ReplayError, add_replay_parser, replay_file
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
+from workers.dev.embedded import Broker
+from workers.dev.replay import ReplayError, add_replay_parser, replay_file
+from workers.dev.simulate import SimulationConfig, run_simulation
 from workers.settings import Settings
-from workers.simulate import SimulationConfig, run_simulation
 
 HILL = Path(__file__).resolve().parents[3] / "shared" / "data" / "hillstrom.csv"
 METRICS = ["visit", "conversion", "spend"]

@@ -10,8 +10,8 @@ import pandas as pd
 from state import keys
 from state.registry import Registry, parse_definition
 from state.results import experiment_document
-from workers.embedded import Broker
-from workers.replay import replay_messages
+from workers.dev.embedded import Broker
+from workers.dev.replay import replay_messages
 
 from .conftest import unique
 from .streaming import (

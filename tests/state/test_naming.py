@@ -16,7 +16,7 @@ from state.naming import (
     resolve_model_id,
 )
 from state.registry import ExperimentDef, parse_definition
-from workers.learner import resolve_kind
+from workers.learner.checkpoint import resolve_kind
 
 
 def experiment(exp_id: str, metric: str, model: str = "linear") -> ExperimentDef:

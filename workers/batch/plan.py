@@ -18,7 +18,7 @@ import numpy as np
 
 from estimators.power import Plan, plan
 from estimators.records import as_dict
-from workers.analyze import InputError, numeric_column, parse_metric, read_table
+from workers.batch.columns import InputError, numeric_column, parse_metric, read_table
 
 
 def within_variance(y: np.ndarray, w: np.ndarray, groups: np.ndarray) -> tuple[float, float]:

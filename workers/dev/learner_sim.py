@@ -22,7 +22,7 @@ import numpy as np
 
 from estimators.analysis import AnalysisSettings, Comparison, MetricSpec, analyze_metric
 from estimators.moments import FloatArray, MomentMatrix
-from workers.online_model import OnlineModel
+from workers.learner.online_model import OnlineModel
 
 __all__ = [
     "FEATURES",

@@ -23,6 +23,7 @@ from state.models import ModelRegistry, SignatureError, SnapshotHeader
 from state.naming import resolve_model_id
 from state.registry import ExperimentDef, Registry
 from state.store import Client
+from workers.settings import Settings
 
 __all__ = ["add_models_parser", "model_rows", "render_models"]
 
@@ -139,14 +140,14 @@ def render_models(rows: list[dict[str, Any]]) -> str:
 
 
 def _models_command(args: argparse.Namespace) -> int:
-    from state.store import connect
-    from workers.settings import SettingsError, load_settings
+    from workers.cli.prologue import run
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"liftstream models: error: {exc}", file=sys.stderr)
-        return 2
+    return run("models", lambda settings: _models_with(args, settings))
+
+
+def _models_with(args: argparse.Namespace, settings: Settings) -> int:
+    from state.store import connect
+
     client = connect(settings.redis_url, settings.redis_cluster)
     try:
         rows = model_rows(client, settings.model_hmac_key, results=not args.no_results)

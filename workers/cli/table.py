@@ -1,8 +1,11 @@
-"""Plain-text rendering of a result document for terminals."""
+"""Rendering of a result document for terminals: plain text (:func:`render`: pipes, files,
+tests) or ``rich`` tables (:func:`renderable`, used when standard output is a terminal)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+Block = str | list[tuple[str, ...]]  # a line, or the rows of an estimator table
 
 COLUMNS = ("estimator", "effect", "95% CI", "rel", "p", "anytime CI", "seq p", "var.red.")
 
@@ -19,20 +22,62 @@ def _ci(lo: Any, hi: Any) -> str:
     return "—" if lo is None or hi is None else f"[{lo:.4g}, {hi:.4g}]"
 
 
-def render(doc: dict[str, Any]) -> str:
-    lines: list[str] = [f"warning [{w['code']}]: {w['detail']}"
-                        for w in doc.get("warnings", [])]
+def _doc_blocks(doc: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [f"warning [{w['code']}]: {w['detail']}"
+                           for w in doc.get("warnings", [])]
     dec = doc.get("decision")
     if dec:
-        lines += [f"decision: {dec['recommendation']}", *(f"  - {r}" for r in dec["reasons"]), ""]
+        blocks += [f"decision: {dec['recommendation']}", *(f"  - {r}" for r in dec["reasons"]),
+                   ""]
     for sl in doc.get("slices", []):
-        lines.extend(render_slice(sl))
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+        blocks.extend(slice_blocks(sl))
+        blocks.append("")
+    return blocks
+
+
+def _plain(blocks: list[Block]) -> list[str]:
+    lines: list[str] = []
+    for b in blocks:
+        if isinstance(b, str):
+            lines.append(b)
+            continue
+        rows = [COLUMNS, *b]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+        for r in rows:
+            lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    return lines
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The document as plain text."""
+    return "\n".join(_plain(_doc_blocks(doc))).rstrip() + "\n"
 
 
 def render_slice(sl: dict[str, Any]) -> list[str]:
-    lines = []
+    """One slice as plain text lines."""
+    return _plain(slice_blocks(sl))
+
+
+def renderable(doc: dict[str, Any]) -> Any:
+    """The document as ``rich`` renderables: text lines and one table per comparison."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
+    for b in _doc_blocks(doc):
+        if isinstance(b, str):
+            parts.append(Text(b))
+            continue
+        table = Table(*COLUMNS, show_edge=False, pad_edge=False)
+        for r in b:
+            table.add_row(*r)
+        parts.append(table)
+    return Group(*parts)
+
+
+def slice_blocks(sl: dict[str, Any]) -> list[Block]:
+    lines: list[Block] = []
     if sl.get("by"):
         lines.append("== " + ", ".join(f"{k}={v}" for k, v in sl["by"].items()) + " ==")
     lines.append("variations: " + ", ".join(
@@ -45,16 +90,14 @@ def render_slice(sl: dict[str, Any]) -> list[str]:
         for c in m["comparisons"]:
             lines.append("")
             lines.append(f"{m['metric']} ({m['kind']}): {c['treatment']} vs {c['control']}")
-            rows = [COLUMNS]
+            rows: list[tuple[str, ...]] = []
             for name, e in c["estimators"].items():
                 rows.append((name, _num(e["effect"]), _ci(e["ci_low"], e["ci_high"]),
                              _num(e["rel_effect"], pct=True), _num(e["p_value"]),
                              _ci(e["seq_ci_low"], e["seq_ci_high"]), _num(e["seq_p_value"]),
                              _num(e["variance_reduction"], pct=True)
                              if e["variance_reduction"] is not None else "—"))
-            widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-            for r in rows:
-                lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+            lines.append(rows)
             for name, e in c["estimators"].items():
                 if e.get("note"):
                     lines.append(f"  note [{name}]: {e['note']}")

@@ -19,44 +19,33 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "worker": ("ingest exposures and events into Redis", "workers.cli", "add_worker_parser"),
     "results": ("current results of a live experiment", "workers.cli", "add_results_parser"),
     "experiments": ("manage experiment definitions in the registry",
-                    "workers.experiments_cli", "add_experiments_parser"),
-    "api": ("serve the query API, /metrics and the dashboard", "workers.api_cli",
+                    "workers.cli.experiments", "add_experiments_parser"),
+    "api": ("serve the query API, /metrics and the dashboard", "workers.api.cli",
             "add_api_parser"),
     "alerter": ("alert on significance, guardrail harm, SRM and stale data",
-                "workers.alerter", "add_alerter_parser"),
-    "replay": ("publish a unit-level CSV file as exposures and events", "workers.replay",
+                "workers.alerter.cli", "add_alerter_parser"),
+    "replay": ("publish a unit-level CSV file as exposures and events", "workers.dev.replay",
                "add_replay_parser"),
     "simulate": ("publish a synthetic experiment with known true effects",
-                 "workers.simulate", "add_simulate_parser"),
-    "demo": ("run everything embedded with a simulated experiment", "workers.demo",
+                 "workers.dev.simulate", "add_simulate_parser"),
+    "demo": ("run everything embedded with a simulated experiment", "workers.dev.demo",
              "add_demo_parser"),
     "learner": ("train online models on the training topic (CUPAC/MLRATE predictions)",
-                "workers.learner", "add_learner_parser"),
-    "models": ("online models: version, quality, effect in results", "workers.models_cli",
+                "workers.learner.cli", "add_learner_parser"),
+    "models": ("online models: version, quality, effect in results", "workers.cli.models",
                "add_models_parser"),
-    "offsets": ("stored offsets against the Kafka log; accept a gap", "workers.offsets_cli",
+    "offsets": ("stored offsets against the Kafka log; accept a gap", "workers.cli.offsets",
                 "add_offsets_parser"),
-    "plan": ("units and days needed for a target MDE (80%% power)", "workers.plan",
+    "plan": ("units and days needed for a target MDE (80%% power)", "workers.batch.plan",
              "add_plan_parser"),
 }
 
 
-def _fail(command: str, message: str) -> int:
-    print(f"liftstream {command}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def _analyze(args: argparse.Namespace) -> int:
     from estimators.analysis import AnalysisSettings
-    from workers.analyze import (
-        AnalyzeRequest,
-        InputError,
-        analyze_file,
-        parse_metric,
-        parse_ratio,
-        parse_weights,
-    )
-    from workers.table import render
+    from workers.batch.analyze import AnalyzeRequest, analyze_file
+    from workers.batch.columns import InputError, parse_metric, parse_ratio, parse_weights
+    from workers.cli.prologue import fail
 
     try:
         settings = AnalysisSettings(alpha=args.alpha, sequential_tuning=args.sequential_tuning,
@@ -76,17 +65,17 @@ def _analyze(args: argparse.Namespace) -> int:
             quantile_accuracy=args.quantile_accuracy)
         doc = analyze_file(args.file, req)
     except (InputError, ValueError) as exc:
-        return _fail("analyze", str(exc))
+        return fail("analyze", str(exc))
     except ArithmeticError as exc:  # float64 range, e.g. squares of 1e-160 underflow to 0
-        return _fail("analyze", f"a statistic left the float64 range ({type(exc).__name__}: "
+        return fail("analyze", f"a statistic left the float64 range ({type(exc).__name__}: "
                                 f"{exc}); rescale the columns")
-    _emit(doc, args.format, render)
+    _emit(doc, args.format)
     return 0
 
 
 def _past(args: argparse.Namespace) -> tuple[dict[str, Any], ...] | None:
-    from workers.analyze import InputError
-    from workers.past import load_past
+    from workers.batch.columns import InputError
+    from workers.batch.past import load_past
 
     if args.prior == "empirical":
         if not args.past:
@@ -100,43 +89,47 @@ def _past(args: argparse.Namespace) -> tuple[dict[str, Any], ...] | None:
 def _worker(args: argparse.Namespace) -> int:
     import logging
 
+    from workers.cli.prologue import run
     from workers.ingest import run_worker
-    from workers.settings import SettingsError, load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        return _fail("worker", str(exc))
-    return run_worker(settings, args.name)
+    return run("worker", lambda settings: run_worker(settings, args.name))
 
 
 def _results(args: argparse.Namespace) -> int:
-    from state.registry import Registry
-    from state.store import connect
-    from workers.settings import SettingsError, load_settings
+    from workers.cli.prologue import CommandError, run
+    from workers.settings import Settings
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        return _fail("results", str(exc))
-    client = connect(settings.redis_url, settings.redis_cluster)
-    d = Registry(client).get(args.experiment)  # the first Redis read: before scipy loads
-    if d is None:
-        return _fail("results", f"unknown experiment {args.experiment!r}")
-    from state.results import experiment_document
-    from workers.table import render
+    def body(settings: Settings) -> int:
+        from state.registry import Registry
+        from state.store import connect
 
-    _emit(experiment_document(client, d, args.correction), args.format, render)
-    return 0
+        client = connect(settings.redis_url, settings.redis_cluster)
+        d = Registry(client).get(args.experiment)  # the first Redis read: before scipy loads
+        if d is None:
+            raise CommandError(f"unknown experiment {args.experiment!r}")
+        from state.results import experiment_document
+
+        _emit(experiment_document(client, d, args.correction), args.format)
+        return 0
+
+    return run("results", body)
 
 
-def _emit(doc: dict[str, Any], fmt: str, render: Callable[[dict[str, Any]], str]) -> None:
+def _emit(doc: dict[str, Any], fmt: str) -> None:
+    """JSON, or the table: ``rich`` tables on a terminal, plain text otherwise."""
     import msgspec
 
     if fmt == "json":
         sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(doc), indent=1))
         sys.stdout.buffer.write(b"\n")
+        return
+    from workers.cli.table import render, renderable
+
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(renderable(doc))
     else:
         sys.stdout.write(render(doc))
 
@@ -231,6 +224,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     return handler(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

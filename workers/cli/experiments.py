@@ -26,17 +26,12 @@ from state.registry import (
     load_definition,
     parse_definition_text,
 )
-from workers.settings import Settings, SettingsError, load_settings
+from workers.cli.prologue import CommandError, guarded
+from workers.settings import Settings, load_settings
 
 __all__ = ["add_experiments_parser", "connect"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class _Failure(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def connect(settings: Settings) -> redis.Redis | redis.cluster.RedisCluster:
@@ -48,32 +43,25 @@ def connect(settings: Settings) -> redis.Redis | redis.cluster.RedisCluster:
 
 @contextmanager
 def _registry() -> Iterator[Registry]:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise _Failure(str(exc), 2) from None
+    settings = load_settings()  # SettingsError: exit 2 (workers.cli.prologue)
     try:
         client = connect(settings)
     except (redis.RedisError, RedisClusterException, ValueError) as exc:
-        raise _Failure(f"cannot connect to Redis at {settings.redacted()['redis_url']}: {exc}",
+        raise CommandError(f"cannot connect to Redis at {settings.redacted()['redis_url']}: {exc}",
                        1) from None
     try:
         yield Registry(client)
     except (redis.RedisError, RedisClusterException) as exc:
-        raise _Failure(f"Redis at {settings.redacted()['redis_url']}: {exc}", 1) from None
+        raise CommandError(f"Redis at {settings.redacted()['redis_url']}: {exc}", 1) from None
     except DefinitionError as exc:
-        raise _Failure(f"a stored definition is invalid: {exc}", 1) from None
+        raise CommandError(f"a stored definition is invalid: {exc}", 1) from None
     finally:
         client.close()
 
 
 def _run(body: Callable[[argparse.Namespace], int]) -> Handler:
     def handler(args: argparse.Namespace) -> int:
-        try:
-            return body(args)
-        except _Failure as exc:
-            print(f"liftstream experiments: error: {exc}", file=sys.stderr)
-            return exc.code
+        return guarded("experiments", lambda: body(args))
 
     return handler
 
@@ -81,10 +69,7 @@ def _run(body: Callable[[argparse.Namespace], int]) -> Handler:
 def _read(path: str) -> ExperimentDef:
     """The definition in file ``path`` (``-``: YAML or JSON on stdin), within the limits of
     the settings (``LIFTSTREAM_MAX_*``)."""
-    try:
-        limits = load_settings().definition_limits()
-    except SettingsError as exc:
-        raise _Failure(str(exc), 2) from None
+    limits = load_settings().definition_limits()
     try:
         if path == "-":
             cap = limits.max_definition_bytes + 1  # one byte more says "too large"
@@ -94,7 +79,7 @@ def _read(path: str) -> ExperimentDef:
             return parse_definition_text(text, "yaml", "-", limits)  # JSON is YAML too
         return load_definition(path, limits)
     except DefinitionError as exc:
-        raise _Failure(str(exc), 2) from None
+        raise CommandError(str(exc), 2) from None
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -103,7 +88,7 @@ def _create(args: argparse.Namespace) -> int:
         try:
             reg.create(d, replace=args.replace)
         except ExperimentExists:
-            raise _Failure(f"experiment {d.id!r} already exists (use --replace to overwrite)",
+            raise CommandError(f"experiment {d.id!r} already exists (use --replace to overwrite)",
                            1) from None
         version = reg.version()
     print(f"{'replaced' if args.replace else 'created'} experiment {d.id} "
@@ -145,7 +130,7 @@ def _show(args: argparse.Namespace) -> int:
     with _registry() as reg:
         d = reg.get(args.id)
     if d is None:
-        raise _Failure(f"no experiment {args.id!r}", 1)
+        raise CommandError(f"no experiment {args.id!r}", 1)
     sys.stdout.buffer.write(msgspec.json.format(d.to_json(), indent=2) + b"\n")
     return 0
 
@@ -155,7 +140,7 @@ def _stop(args: argparse.Namespace) -> int:
         try:
             reg.stop(args.id)
         except KeyError:
-            raise _Failure(f"no experiment {args.id!r}", 1) from None
+            raise CommandError(f"no experiment {args.id!r}", 1) from None
     print(f"stopped experiment {args.id}")
     return 0
 

@@ -29,10 +29,11 @@ import msgspec
 from state.registry import Registry
 from state.results import experiment_document
 from state.store import connect, partition_count, read_counters
-from workers.embedded import start_broker, start_redis
-from workers.replay import prepare_topics
+from workers.dev.demo_view import SummaryView, summary_parts
+from workers.dev.embedded import start_broker, start_redis
+from workers.dev.replay import prepare_topics
+from workers.dev.simulate import SimulationConfig, true_effects
 from workers.settings import Settings, to_env
-from workers.simulate import SimulationConfig, true_effects
 
 CHILDREN = (("worker-1", ["worker", "--name", "worker-1"]),
             ("worker-2", ["worker", "--name", "worker-2"]),
@@ -95,39 +96,6 @@ def demo_config(units: int, rate: float) -> SimulationConfig:
                             outcome_window_seconds=5.0)
 
 
-def _summary(doc: dict[str, Any], truth: dict[str, dict[str, float]], applied: int,
-             rate: float, elapsed: float, url: str) -> str:
-    sl = doc["slices"][0]
-    lines = [f"liftstream demo — dashboard: {url}",
-             f"t={elapsed:5.0f}s  messages applied {applied:,}  ({rate:,.0f}/s)  "
-             f"dead letters {int(sl['counters'].get('dead_letters', 0)):,}",
-             "units: " + ", ".join(f"{v['name']}={v['n']:,}" for v in sl["variations"])
-             + f"   SRM {'MISMATCH' if sl['srm']['flagged'] else 'ok'}",
-             f"{'metric':<22}{'treatment':<13}{'truth':>9}{'diff':>20}{'adjusted':>20}"
-             f"{'anytime CI (adj.)':>24}{'VR':>7}"]
-    for m in sl["metrics"]:
-        for c in m["comparisons"]:
-            e = c["estimators"]
-            d, a = e["diff"], e.get(c["primary"], e["diff"])
-            t = truth.get(m["metric"], {}).get(c["treatment"])
-
-            def eff(x: dict[str, Any]) -> str:
-                if x.get("effect") is None:
-                    return "—"
-                return f"{x['effect']:+.4f}±{(x['ci_high'] - x['ci_low']) / 2:.4f}"
-
-            seq = "—" if a.get("seq_ci_low") is None else \
-                f"[{a['seq_ci_low']:+.4f}, {a['seq_ci_high']:+.4f}]"
-            vr = a.get("variance_reduction")
-            lines.append(f"{m['metric']:<22}{c['treatment']:<13}"
-                         f"{'' if t is None else f'{t:+.4f}':>9}{eff(d):>20}{eff(a):>20}"
-                         f"{seq:>24}{'' if vr is None else f'{100 * vr:.0f}%':>7}")
-    dec = doc.get("decision")
-    if dec:
-        lines.append(f"decision: {dec['recommendation']} — {'; '.join(dec['reasons'])}")
-    return "\n".join(lines)
-
-
 class _Stop(Exception):
     pass
 
@@ -144,6 +112,7 @@ def run_demo(duration: float | None, as_json: bool, api_port: int, token: str | 
 
     signal.signal(signal.SIGTERM, on_term)
     broker = redis_server = None
+    stack = contextlib.ExitStack()  # the live summary view, closed before the servers stop
     try:
         broker = start_broker()
         redis_server = start_redis()
@@ -167,6 +136,7 @@ def run_demo(duration: float | None, as_json: bool, api_port: int, token: str | 
         children.append(start_child("simulator", simulator_argv(cfg), env, workdir))
         t0 = time.monotonic()
         last = (t0, 0)
+        view = None if as_json else stack.enter_context(SummaryView())
         while duration is None or time.monotonic() - t0 < duration:
             time.sleep(2.0)
             for c in children:
@@ -179,11 +149,9 @@ def run_demo(duration: float | None, as_json: bool, api_port: int, token: str | 
             speed = (applied - last[1]) / max(1e-9, now - last[0])
             last = (now, applied)
             d = Registry(client).get("demo")
-            if not as_json and d is not None:
-                text = _summary(experiment_document(client, d), truth, applied, speed,
-                                now - t0, url)
-                print("\033[2J\033[H" + text if sys.stdout.isatty() else text + "\n",
-                      flush=True)
+            if view is not None and d is not None:
+                view.show(summary_parts(experiment_document(client, d), truth, applied, speed,
+                                        now - t0, url))
         d = Registry(client).get("demo")
         if d is None:
             raise RuntimeError("the simulator never registered the experiment")
@@ -199,6 +167,7 @@ def run_demo(duration: float | None, as_json: bool, api_port: int, token: str | 
         print(f"liftstream demo: error: {exc}", file=sys.stderr)
         return 1
     finally:
+        stack.close()
         stop_children(children)
         if redis_server is not None:
             redis_server.stop()

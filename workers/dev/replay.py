@@ -6,7 +6,7 @@ column with a non-zero value, one event named after the column carrying that val
 ``"{unit}:{column}"``, so re-delivered copies count once. Messages are keyed by the unit id,
 so a unit's exposure and events land in the same partition number of both topics.
 
-:func:`publish` (also used by :mod:`workers.simulate`) sends with ``acks="all"``, an optional
+:func:`publish` (also used by :mod:`workers.dev.simulate`) sends with ``acks="all"``, an optional
 rate limit and a plain-text progress bar on stderr, and returns only after the broker
 acknowledged every message.
 """
@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -29,8 +29,10 @@ from state.registry import ExperimentDef, Registry
 from state.store import connect
 from stream.kafka import ensure_topics, make_producer, wait_for_broker
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.analyze import InputError, numeric_column
-from workers.settings import Settings, SettingsError, load_settings
+from workers.batch.columns import InputError, numeric_column
+from workers.cli.prologue import fail, run
+from workers.dev.progress import Progress
+from workers.settings import Settings
 
 __all__ = [
     "DEFAULT_START_TS",
@@ -201,46 +203,6 @@ def replay_messages(frame: pd.DataFrame, experiment: str, unit: str | None, vari
 # --------------------------------------------------------------------------- publishing
 
 
-class _Progress:
-    """A one-line text progress bar on a TTY stream; silent otherwise."""
-
-    WIDTH = 30
-
-    def __init__(self, label: str, total: int | None, enabled: bool,
-                 stream: TextIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled and self.stream.isatty()
-        self.label = label
-        self.total = total
-        self.start = time.monotonic()
-        self._last = 0.0
-
-    def update(self, done: int, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < 0.1:
-            return
-        self._last = now
-        elapsed = max(now - self.start, 1e-9)
-        speed = f"{done / elapsed:,.0f} msg/s"
-        if self.total:
-            frac = min(done / self.total, 1.0)
-            filled = int(frac * self.WIDTH)
-            bar = "#" * filled + "-" * (self.WIDTH - filled)
-            line = f"{self.label} [{bar}] {frac:6.1%} {done:,}/{self.total:,} {speed}"
-        else:
-            line = f"{self.label} {done:,} messages {speed}"
-        self.stream.write("\r" + line + "\x1b[K")
-        self.stream.flush()
-
-    def close(self, done: int) -> None:
-        if self.enabled:
-            self.update(done, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def prepare_topics(settings: Settings, timeout_s: float = 30.0) -> int:
     """Wait for the broker, create missing topics; return their (equal) partition count."""
     sec = settings.kafka_options()
@@ -275,7 +237,7 @@ def publish(settings: Settings, messages: Iterable[Message], *, total: int | Non
     def failed(exc: BaseException) -> None:
         failures.append(exc)
 
-    bar = _Progress(label, total, progress)
+    bar = Progress(label, total, progress)
     sent = 0
     start = time.monotonic()
     try:
@@ -379,27 +341,22 @@ def replay_file(settings: Settings, path: str, experiment: str, unit: str | None
 # --------------------------------------------------------------------------- CLI
 
 
-def _fail(message: str, status: int = 2) -> int:
-    print(f"liftstream replay: error: {message}", file=sys.stderr)
-    return status
-
-
 def _replay_command(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        return _fail(str(exc))
+    return run("replay", lambda settings: _replay_with(args, settings))
+
+
+def _replay_with(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = replay_file(settings, args.file, args.experiment, args.unit, args.variation,
                              args.metric, args.covariate, rate=args.rate,
                              shuffle=args.shuffle, duplicate=args.duplicate, seed=args.seed,
                              progress=not args.no_progress)
     except ReplayError as exc:
-        return _fail(str(exc))
+        return fail("replay", str(exc))
     except (PublishError, TimeoutError) as exc:
-        return _fail(str(exc), 1)
+        return fail("replay", str(exc), 1)
     except redis.exceptions.RedisError as exc:
-        return _fail(f"Redis at {settings.redacted()['redis_url']}: {exc}", 1)
+        return fail("replay", f"Redis at {settings.redacted()['redis_url']}: {exc}", 1)
     print(report)
     return 0
 

@@ -101,14 +101,11 @@ def _reset(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from workers.settings import SettingsError
+    from workers.cli.prologue import guarded
 
     handler = _show if args.offsets_command == "show" else _reset
-    try:
-        return handler(args)
-    except (SettingsError, ValueError, LookupError, RuntimeError) as exc:
-        print(f"liftstream offsets {args.offsets_command}: error: {exc}", file=sys.stderr)
-        return 2
+    return guarded(f"offsets {args.offsets_command}", lambda: handler(args),
+                   usage_errors=(ValueError, LookupError, RuntimeError))
 
 
 def add_offsets_parser(sub: Any) -> None:

@@ -1,6 +1,6 @@
 """``liftstream api`` sub-command: settings, the token policy, uvicorn.
 
-Kept apart from :mod:`workers.api` so building the CLI parser does not import FastAPI.
+Kept apart from :mod:`workers.api.app` so building the CLI parser does not import FastAPI.
 """
 
 from __future__ import annotations
@@ -8,24 +8,27 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.settings import Settings
 
 __all__ = ["add_api_parser"]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from workers.api import create_app, resolve_auth
-    from workers.settings import SettingsError, load_settings
+    from workers.cli.prologue import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter while Kafka is down
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"liftstream api: error: {exc}", file=sys.stderr)
-        return 2
+    return run("api", lambda settings: _serve_with(args, settings))
+
+
+def _serve_with(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from workers.api.app import create_app, resolve_auth
+
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     auth, generated = resolve_auth(settings, args.insecure)
@@ -58,7 +61,7 @@ def log_config() -> dict[str, Any]:
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config.setdefault("filters", {})["redact_tokens"] = {
-        "()": "workers.api_guard.RedactTokens"}
+        "()": "workers.api.guard.RedactTokens"}
     for handler in config.get("handlers", {}).values():
         handler.setdefault("filters", []).append("redact_tokens")
     return config

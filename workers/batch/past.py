@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import pandas as pd
 
-from workers.analyze import InputError
+from workers.batch.columns import InputError
 
 CSV_COLUMNS = ("experiment", "metric", "rel_effect", "rel_se")
 
