@@ -50,6 +50,7 @@ from state.units import WITHDRAWN, UnitState
 from state.window import accepts, in_window
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
 from stream.shifts import initial_shift, next_shift, recentre_sums
+from stream.slices import SliceDeltas
 
 log = logging.getLogger("liftstream.batch")
 
@@ -141,6 +142,7 @@ class BatchBuilder:
         # (partition, experiment) → variation → the stored matrix as this builder last wrote it
         self._shifts: dict[tuple[int, str], dict[str, MomentMatrix]] = {}
         self._failing: dict[int, set[str]] = {}  # partition → experiments failing last batch
+        self.slices = SliceDeltas(store, buckets)  # dimension slices (stream/slices.py)
 
     def set_experiments(self, layouts: Mapping[str, ExperimentLayout]) -> None:
         self.layouts = dict(layouts)
@@ -155,6 +157,7 @@ class BatchBuilder:
         """Drop cached shifts of a partition (after losing it or a refused batch)."""
         for key in [k for k in self._shifts if k[0] == partition]:
             del self._shifts[key]
+        self.slices.forget(partition)
 
     # ------------------------------------------------------------------------------------
     def build(self, partition: int, epoch: int, records: Sequence[RawRecord],
@@ -414,6 +417,7 @@ class BatchBuilder:
         self._settle_held(p, w, held, held_stored, held_changed, current,
                           bool(held_stored or held_changed or exposures or events))
         self._deltas(p, w, initial, current)
+        self.slices.add(p, w, self.layouts, exposures, initial, current)
 
     def _failed_only(self, e: Event, failed: Collection[str]) -> bool:
         return bool(failed) and any(x in failed for x in self._routes.get(e.event, []))

@@ -59,6 +59,8 @@ DEFINITION_SCHEMA: dict[str, Any] = {
         "covariates": {"type": "array", "items": _NAME, "uniqueItems": True},
         "pre_period": {"type": "array", "items": _NAME, "uniqueItems": True},
         "lookback_seconds": _NUMBER,
+        "dimensions": {"type": "array", "items": {"anyOf": [_NAME, _obj(
+            {"name": _NAME, "max_values": {"type": "integer", "minimum": 1}}, ("name",))]}},
         "in_experiment": {"type": "array", "items": _obj({
             "name": _ID, "event": _NAME,
             "aggregate": {"enum": list(CANDIDATE_AGGREGATES)}},
