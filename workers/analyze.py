@@ -28,6 +28,7 @@ from estimators.analysis import AnalysisSettings, MetricKind, MetricSpec, analyz
 from estimators.grouped import grouped_moments, prefix_moments
 from estimators.moments import MomentMatrix
 from estimators.report import Correction, slice_document
+from estimators.slices import bh_across_slices
 
 
 class InputError(ValueError):
@@ -361,6 +362,8 @@ def analyze_frame(frame: pd.DataFrame, req: AnalyzeRequest) -> dict[str, Any]:
             doc["timeline"] = _timeline(rows, order, values, var_id, variations, weights,
                                         specs, req, names, shift)
         slices.append(doc)
+    if req.by:  # Benjamini–Hochberg across the slices (estimators.slices)
+        bh_across_slices(slices)
     return {"warnings": warnings, **prior_doc, "slices": slices}
 
 

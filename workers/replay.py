@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 import numpy as np
@@ -90,6 +90,8 @@ class _Rows:
     variations: list[str]
     metrics: dict[str, np.ndarray]
     covariates: dict[str, np.ndarray]
+    # --attribute: column → per row its text, None where empty (the attribute is left out)
+    attributes: dict[str, list[str | None]] = field(default_factory=dict)
 
 
 def _require(frame: pd.DataFrame, column: str, role: str) -> None:
@@ -114,12 +116,20 @@ def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
         raise ReplayError(str(exc)) from None
 
 
+def _attribute_column(frame: pd.DataFrame, column: str) -> list[str | None]:
+    """Text per row; an empty cell leaves the attribute out (its slice is ``(none)``)."""
+    s = frame[column]
+    empty = s.isna().to_numpy() | (s.astype(str).str.strip() == "").to_numpy()
+    return [None if e else str(v) for v, e in zip(s.tolist(), empty, strict=True)]
+
+
 def _extract(frame: pd.DataFrame, unit: str | None, variation: str, metrics: Sequence[str],
-             covariates: Sequence[str]) -> _Rows:
+             covariates: Sequence[str], attributes: Sequence[str] = ()) -> _Rows:
     """Check and convert the columns; ReplayError names the first bad column."""
     if not metrics:
         raise ReplayError("give at least one --metric column")
-    for name, values in (("metric", metrics), ("covariate", covariates)):
+    for name, values in (("metric", metrics), ("covariate", covariates),
+                         ("attribute", attributes)):
         repeated = sorted({c for c in values if list(values).count(c) > 1})
         if repeated:
             raise ReplayError(f"column {repeated[0]!r} given twice as {name}")
@@ -130,6 +140,8 @@ def _extract(frame: pd.DataFrame, unit: str | None, variation: str, metrics: Seq
         _require(frame, c, "metric")
     for c in covariates:
         _require(frame, c, "covariate")
+    for c in attributes:
+        _require(frame, c, "attribute")
     if unit is None:
         units = [f"u{i}" for i in range(len(frame))]
     else:
@@ -141,19 +153,22 @@ def _extract(frame: pd.DataFrame, unit: str | None, variation: str, metrics: Seq
                               f"(e.g. {counts.index[0]!r}); omit --unit to use row numbers")
     return _Rows(units, _text_column(frame, variation),
                  {c: _numbers(frame, c) for c in metrics},
-                 {c: _numbers(frame, c) for c in covariates})
+                 {c: _numbers(frame, c) for c in covariates},
+                 {c: _attribute_column(frame, c) for c in attributes})
 
 
 def _build(rows: _Rows, experiment: str, start_ts: float) -> list[Message]:
     out: list[Message] = []
     metric_items = list(rows.metrics.items())
     cov_items = list(rows.covariates.items())
+    attr_items = list(rows.attributes.items())
     for i, (unit, variation) in enumerate(zip(rows.units, rows.variations, strict=True)):
         key = unit.encode()
         ts = start_ts + i * ROW_SPACING
         covs = {name: float(values[i]) for name, values in cov_items}
+        attrs = {name: v for name, values in attr_items if (v := values[i]) is not None}
         out.append(("exposures", key,
-                    encode_exposure(Exposure(experiment, unit, variation, ts, covs))))
+                    encode_exposure(Exposure(experiment, unit, variation, ts, covs, attrs))))
         for column, values in metric_items:
             value = float(values[i])
             if value != 0.0:
@@ -185,7 +200,8 @@ def _shuffle_and_duplicate(messages: list[Message], shuffle: bool, duplicate: fl
 def replay_messages(frame: pd.DataFrame, experiment: str, unit: str | None, variation: str,
                     metrics: Sequence[str], covariates: Sequence[str], shuffle: bool = False,
                     duplicate: float = 0.0, seed: int = 0,
-                    start_ts: float = DEFAULT_START_TS) -> list[Message]:
+                    start_ts: float = DEFAULT_START_TS,
+                    attributes: Sequence[str] = ()) -> list[Message]:
     """All messages of a frame in publish order: ``(kind, key, value)``.
 
     ``shuffle`` permutes the whole list (events may then precede their exposure);
@@ -193,7 +209,7 @@ def replay_messages(frame: pd.DataFrame, experiment: str, unit: str | None, vari
     """
     if not 0.0 <= duplicate <= 1.0:
         raise ReplayError(f"--duplicate must be between 0 and 1, got {duplicate}")
-    rows = _extract(frame, unit, variation, metrics, covariates)
+    rows = _extract(frame, unit, variation, metrics, covariates, attributes)
     messages = _build(rows, experiment, start_ts)
     return _shuffle_and_duplicate(messages, shuffle, duplicate, seed)[0]
 
@@ -303,8 +319,9 @@ def publish(settings: Settings, messages: Iterable[Message], *, total: int | Non
 # --------------------------------------------------------------------------- replay_file
 
 
-def _read_csv(path: str, unit: str | None, variation: str) -> pd.DataFrame:
-    text_columns = {c: str for c in (unit, variation) if c is not None}
+def _read_csv(path: str, unit: str | None, variation: str, attributes: Sequence[str] = ()
+              ) -> pd.DataFrame:
+    text_columns = {c: str for c in (unit, variation, *attributes) if c is not None}
     try:
         return pd.read_csv(path, dtype=text_columns, low_memory=False)
     except FileNotFoundError:
@@ -336,12 +353,18 @@ def _check_against(d: ExperimentDef, rows: _Rows) -> None:
         if column not in d.covariates:
             _warn(f"column {column!r} is not a covariate of {d.id!r} "
                   f"(covariates: {', '.join(d.covariates) or 'none'}): it will be ignored")
+    dims = [x.name for x in d.dimensions]
+    for column in rows.attributes:
+        if column not in dims:
+            _warn(f"column {column!r} is not a dimension of {d.id!r} "
+                  f"(dimensions: {', '.join(dims) or 'none'}): no slices will use it")
 
 
 def replay_file(settings: Settings, path: str, experiment: str, unit: str | None,
                 variation: str, metrics: Sequence[str], covariates: Sequence[str] = (),
                 rate: float | None = None, shuffle: bool = False, duplicate: float = 0.0,
-                seed: int = 0, progress: bool = True) -> ReplayReport:
+                seed: int = 0, progress: bool = True, attributes: Sequence[str] = ()
+                ) -> ReplayReport:
     """Publish a CSV file's rows to the experiment's topics; returns after the broker acked.
 
     The experiment must be registered (ReplayError otherwise). Timestamps start at the
@@ -351,8 +374,8 @@ def replay_file(settings: Settings, path: str, experiment: str, unit: str | None
         raise ReplayError(f"--duplicate must be between 0 and 1, got {duplicate}")
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise ReplayError(f"--rate must be a positive number of messages/s, got {rate}")
-    frame = _read_csv(path, unit, variation)
-    rows = _extract(frame, unit, variation, metrics, covariates)
+    frame = _read_csv(path, unit, variation, attributes)
+    rows = _extract(frame, unit, variation, metrics, covariates, attributes)
     client = connect(settings.redis_url, settings.redis_cluster)
     try:
         d = Registry(client).get(experiment)
@@ -393,7 +416,7 @@ def _replay_command(args: argparse.Namespace) -> int:
         report = replay_file(settings, args.file, args.experiment, args.unit, args.variation,
                              args.metric, args.covariate, rate=args.rate,
                              shuffle=args.shuffle, duplicate=args.duplicate, seed=args.seed,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, attributes=args.attribute)
     except ReplayError as exc:
         return _fail(str(exc))
     except (PublishError, TimeoutError) as exc:
@@ -417,6 +440,9 @@ def add_replay_parser(sub: argparse._SubParsersAction[Any]) -> None:
                    help="metric column; its events are named after it (repeatable)")
     p.add_argument("--covariate", action="append", default=[],
                    help="pre-experiment covariate column sent with the exposure (repeatable)")
+    p.add_argument("--attribute", action="append", default=[],
+                   help="column sent as an exposure attribute (a dimension's value; empty "
+                        "cells leave it out) (repeatable)")
     p.add_argument("--rate", type=float, default=None, help="messages per second (no limit)")
     p.add_argument("--shuffle", action="store_true",
                    help="publish in random order (events may precede their exposure)")
