@@ -44,7 +44,7 @@ from state.limits import (
     decode_definition_text,
     show,
 )
-from state.naming import ID_PATTERN, has_predictions, prediction_column
+from state.naming import ID_PATTERN, has_predictions, pre_period_column, prediction_column
 
 if TYPE_CHECKING:
     import redis
@@ -525,6 +525,8 @@ def _check_bounds(d: ExperimentDef, limits: DefinitionLimits) -> None:
              "covariates": len(d.covariates)}
     if has_predictions(d):
         parts["model predictions"] = len(d.metrics)
+    if d.pre_period:
+        parts["pre-period covariates"] = len(d.pre_period)
     check_columns(parts, limits)
 
 
@@ -604,6 +606,8 @@ def _validate(d: ExperimentDef) -> None:
                         f"{', '.join(metric_aggs)}")
         if name in d.pre_period[:i]:
             raise _fail(f"pre_period[{i}]", f"duplicate {show(name)}")
+    for i, name in enumerate(d.pre_period):
+        claim(f"pre_period[{i}]", pre_period_column(name))
     lookback = _number("lookback_seconds", d.lookback_seconds)
     if lookback < 0:
         raise _fail("lookback_seconds", f"must be >= 0, got {lookback}")

@@ -49,6 +49,7 @@ from state.store import BatchWrite, PartitionStore, StoreError
 from state.units import WITHDRAWN, UnitState
 from state.window import accepts, in_window
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
+from stream.preperiod import pre_columns
 from stream.shifts import initial_shift, next_shift, recentre_sums
 from stream.slices import SliceDeltas
 
@@ -494,7 +495,8 @@ class BatchBuilder:
         d = lay.definition
         if st.withdrawn:
             return st
-        if ts < st.exposed_at or not in_window(None, d.end, ts):
+        pre = pre_columns(lay, event, ts, st.exposed_at) if ts < st.exposed_at else ()
+        if not pre and (ts < st.exposed_at or not in_window(None, d.end, ts)):
             w.counters[f"{experiment}:events_outside_window"] += 1
             return st
         seen = st.seen
@@ -511,7 +513,7 @@ class BatchBuilder:
         if len(raw) != lay.width:
             raise ValueError(f"stored unit state of {experiment!r} has {len(raw)} columns; "
                              f"the definition has {lay.width} (its layout changed)")
-        for col in lay.event_columns[event]:
+        for col in pre or lay.event_columns[event]:  # pre-period events: pre_<metric> only
             raw[col] += 1.0 if lay.counts_events[col] else value
         if ts > w.experiment_last_ts.get(experiment, ts - 1.0):  # the experiment's freshness
             w.experiment_last_ts[experiment] = ts
