@@ -49,7 +49,7 @@ from state.store import BatchWrite, PartitionStore, StoreError
 from state.units import WITHDRAWN, UnitState
 from state.window import accepts, in_window
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
-from stream.preperiod import pre_columns
+from stream.preperiod import hold_extension, pre_columns
 from stream.shifts import initial_shift, next_shift, recentre_sums
 from stream.slices import SliceDeltas
 
@@ -444,7 +444,8 @@ class BatchBuilder:
             if held[u]:
                 w.pending_set[u] = _HELD.encode(held[u])
                 if u not in held_stored:  # the grace period runs from when first held
-                    w.pending_queue_add[u] = now
+                    w.pending_queue_add[u] = now + hold_extension(
+                        self.layouts, self._held_targets, held[u], self.grace)
             else:
                 held_changed.discard(u)
                 if u in held_stored:
