@@ -250,12 +250,13 @@ def shape_results(doc: Mapping[str, Any], estimator: str | None, sequential: boo
 
 
 def _check_dimension(d: ExperimentDef | None, experiment_id: str, by: str) -> None:
-    """404 for an unknown experiment, 400 naming the dimensions for an unknown ``by``."""
+    """404 for an unknown experiment, and for an unknown ``by`` (no such slices; the detail
+    names the dimensions)."""
     if d is None:
         raise ApiError(404, "not_found", f"no experiment {experiment_id!r}")
     names = [x.name for x in d.dimensions]
     if by not in names:
-        raise ApiError(400, "bad_request", f"by: {by[:70]!r} is not a dimension of "
+        raise ApiError(404, "not_found", f"by: {by[:70]!r} is not a dimension of "
                        f"experiment {experiment_id!r} (dimensions: "
                        f"{', '.join(names) or 'none'})")
 

@@ -135,7 +135,7 @@ def check_slices(browser: Any, wait: Any, url: str, exp: str) -> None:
         assert e["slice_bh_p_value"] >= e["p_value"]  # BH never lowers a p-value
     bad = httpx.get(f"{url}/v1/experiments/{exp}/results", params={"by": "country"},
                     headers=auth(TOKEN))
-    assert bad.status_code == 400 and "platform" in bad.json()["detail"]
+    assert bad.status_code == 404 and "platform" in bad.json()["detail"]
 
 
 def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
