@@ -9,6 +9,7 @@ to ``analyze --by`` on the same rows mapped to ``(other)`` / ``(none)``, per sli
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from estimators.analysis import AnalysisSettings
 from state import slices
 from state.registry import Registry, parse_definition
 from state.results import experiment_document
+from workers import cli
 from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
 from workers.embedded import Broker
 from workers.replay import replay_messages
@@ -79,7 +81,8 @@ def by_value(doc: dict[str, Any], column: str) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("shuffle,duplicate", [(False, 0.0), (True, 0.2)])
 def test_live_slices_equal_analyze_by(broker: Broker, redis_url: str, shuffle: bool,
-                                      duplicate: float) -> None:
+                                      duplicate: float, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     s = streaming_settings(broker.bootstrap, redis_url, unique("hills"))
     create_topics(s)
     client = redis_client(s)
@@ -117,6 +120,15 @@ def test_live_slices_equal_analyze_by(broker: Broker, redis_url: str, shuffle: b
         counts = {v: sum(x["n"] for x in sl["variations"]) for v, sl in live.items()}
         assert sum(counts.values()) == ROWS  # every unit in exactly one slice
     assert compared > 1000
+    # `liftstream results ID --by zr` prints the same slices
+    monkeypatch.setenv("LIFTSTREAM_REDIS_URL", redis_url)
+    capsys.readouterr()
+    assert cli.main(["results", "hills", "--by", "zr", "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert by_value(printed, "zr").keys() == by_value(
+        experiment_document(client, d, by="zr"), "zr").keys()
+    assert cli.main(["results", "hills", "--by", "nope"]) == 2
+    assert "not a dimension" in capsys.readouterr().err
     # without by: the unsliced document, unchanged
     whole = experiment_document(client, d)
     assert len(whole["slices"]) == 1 and whole["slices"][0]["by"] is None
