@@ -132,3 +132,29 @@ def test_live_slices_equal_analyze_by(broker: Broker, redis_url: str, shuffle: b
     # without by: the unsliced document, unchanged
     whole = experiment_document(client, d)
     assert len(whole["slices"]) == 1 and whole["slices"][0]["by"] is None
+
+
+def test_live_slices_on_redis_cluster(broker: Broker, redis_cluster_url: str) -> None:
+    """The value registry is one key per dimension and every batch script still touches one
+    slot: the same slices on a 3-node cluster."""
+    s = streaming_settings(broker.bootstrap, redis_cluster_url, unique("hillsc"),
+                           redis_cluster=True)
+    create_topics(s)
+    client = redis_client(s)
+    Registry(client).create(parse_definition({**DEFINITION, "id": "hillsc"}))
+    frame = hillstrom_with_attributes().head(3000)
+    msgs = replay_messages(frame, "hillsc", None, "segment", ["spend", "visit"],
+                           ["recency", "history"], shuffle=True, duplicate=0.2, seed=9,
+                           attributes=["channel", "zr"])
+    publish(s, msgs)
+    with worker_thread(s):
+        wait_for_messages(client, len(msgs))
+    d = Registry(client).get("hillsc")
+    assert d is not None
+    kept = slices.kept_values(client, "hillsc", "zr")
+    assert len(kept) == ZR_CAP
+    live = by_value(experiment_document(client, d, by="zr"), "zr")
+    batch = by_value(batch_by(frame.assign(zr=mapped(frame, "zr", kept)), "zr"), "zr")
+    assert set(live) == set(batch)
+    for value, sl in live.items():
+        assert_documents_equal({"slices": [sl]}, {"slices": [batch[value]]})
