@@ -32,7 +32,11 @@ import msgspec
 
 from state.limits import (
     CEILINGS,
+    DEFAULT_DIMENSION_VALUES,
     DEFAULT_LIMITS,
+    MAX_ATTRIBUTE_LENGTH,
+    MAX_DIMENSION_VALUES,
+    MAX_DIMENSIONS,
     DefinitionError,
     DefinitionLimits,
     check_columns,
@@ -40,7 +44,7 @@ from state.limits import (
     decode_definition_text,
     show,
 )
-from state.naming import ID_PATTERN, has_predictions, prediction_column
+from state.naming import ID_PATTERN, has_predictions, pre_period_column, prediction_column
 
 if TYPE_CHECKING:
     import redis
@@ -132,6 +136,15 @@ class CandidateDef:
 
 
 @dataclass(frozen=True)
+class DimensionDef:
+    """A slice dimension: an exposure attribute with at most ``max_values`` kept values
+    (first come, first kept; beyond → ``(other)``, missing → ``(none)``)."""
+
+    name: str
+    max_values: int = DEFAULT_DIMENSION_VALUES
+
+
+@dataclass(frozen=True)
 class ExperimentDef:
     """A validated experiment definition (weights normalised to sum 1, times epoch seconds)."""
 
@@ -160,10 +173,11 @@ class ExperimentDef:
     prior: PriorKind = "fixed"  # ``prior: {kind: empirical}``: σ from finished experiments
     in_experiment_selection: SelectionKind = "balance"  # ``{kind: fisher}``: pre-selection
     min_runtime_seconds: float | None = None  # verdict: minimum runtime before deciding
+    dimensions: tuple[DimensionDef, ...] = ()  # slices (stream/slices.py)
 
     def __post_init__(self) -> None:
         for name in ("variations", "weights", "metrics", "ratios", "covariates", "pre_period",
-                     "in_experiment", "guardrails"):
+                     "in_experiment", "guardrails", "dimensions"):
             value = getattr(self, name)
             if isinstance(value, builtins.list):
                 object.__setattr__(self, name, tuple(value))
@@ -256,6 +270,8 @@ class ExperimentDef:
             "prior": {"kind": self.prior},
             "in_experiment_selection": {"kind": self.in_experiment_selection},
             "min_runtime_seconds": self.min_runtime_seconds,
+            "dimensions": [{"name": x.name, "max_values": x.max_values}
+                           for x in self.dimensions],
         }
 
     def to_json(self) -> bytes:
@@ -441,6 +457,19 @@ def _candidate(path: str, x: Any) -> CandidateDef:
                         aggregate=cast(CandidateAggregate, agg))
 
 
+def _dimension(path: str, x: Any) -> DimensionDef:
+    """``country`` (the default cap) or ``{name: country, max_values: 50}``."""
+    if isinstance(x, str):
+        return DimensionDef(_str(path, x))
+    d = _mapping(path, x, ("name", "max_values"), ("name",))
+    most = d.get("max_values", DEFAULT_DIMENSION_VALUES)
+    if isinstance(most, bool) or not isinstance(most, int) or not 1 <= most <= \
+            MAX_DIMENSION_VALUES:
+        raise _fail(f"{path}.max_values", f"must be an integer in 1..{MAX_DIMENSION_VALUES}, "
+                    f"got {show(most)}")
+    return DimensionDef(_str(f"{path}.name", d["name"]), most)
+
+
 def _optional(d: Mapping[str, Any], key: str, conv: Callable[[str, Any], _T]) -> _T | None:
     v = d.get(key)
     return None if v is None else conv(key, v)
@@ -469,7 +498,7 @@ def parse_definition(data: Mapping[str, Any],
     kw["weights"] = () if weights is None else _items("weights", weights, _positive)
     lists: dict[str, Callable[[str, Any], Any]] = {
         "ratios": _ratio, "covariates": _str, "pre_period": _str,
-        "in_experiment": _candidate, "guardrails": _str,
+        "in_experiment": _candidate, "guardrails": _str, "dimensions": _dimension,
     }
     for key, conv in lists.items():
         if data.get(key) is not None:
@@ -505,6 +534,8 @@ def _check_bounds(d: ExperimentDef, limits: DefinitionLimits) -> None:
              "covariates": len(d.covariates)}
     if has_predictions(d):
         parts["model predictions"] = len(d.metrics)
+    if d.pre_period:
+        parts["pre-period covariates"] = len(d.pre_period)
     check_columns(parts, limits)
 
 
@@ -585,11 +616,23 @@ def _validate(d: ExperimentDef) -> None:
                         f"{', '.join(metric_aggs)}")
         if name in d.pre_period[:i]:
             raise _fail(f"pre_period[{i}]", f"duplicate {show(name)}")
+    for i, name in enumerate(d.pre_period):
+        claim(f"pre_period[{i}]", pre_period_column(name))
     lookback = _number("lookback_seconds", d.lookback_seconds)
     if lookback < 0:
         raise _fail("lookback_seconds", f"must be >= 0, got {lookback}")
     if d.pre_period and lookback <= 0:
         raise _fail("lookback_seconds", "must be > 0 when pre_period metrics are given")
+
+    if len(d.dimensions) > MAX_DIMENSIONS:
+        raise _fail("dimensions", f"{len(d.dimensions)} dimensions; the limit is "
+                    f"{MAX_DIMENSIONS}")
+    for i, dim in enumerate(d.dimensions):
+        if len(dim.name) > MAX_ATTRIBUTE_LENGTH:
+            raise _fail(f"dimensions[{i}].name", f"longer than {MAX_ATTRIBUTE_LENGTH} "
+                        f"characters (the attribute bound)")
+        if dim.name in [x.name for x in d.dimensions[:i]]:
+            raise _fail(f"dimensions[{i}]", f"duplicate {show(dim.name)}")
 
     if d.start is not None:
         _number("start", d.start)

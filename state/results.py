@@ -42,9 +42,10 @@ def experiment_matrices(client: Client, d: ExperimentDef) -> dict[str, MomentMat
 
 
 def experiment_document(client: Client, d: ExperimentDef,
-                        correction: Correction | None = None, now: float | None = None
-                        ) -> dict[str, Any]:
-    """The result document (same shape as ``liftstream analyze``) plus live counters."""
+                        correction: Correction | None = None, now: float | None = None,
+                        by: str | None = None) -> dict[str, Any]:
+    """The result document (same shape as ``liftstream analyze``) plus live counters;
+    with ``by``, one slice per value of that dimension (state.slice_results)."""
     lay = ExperimentLayout.of(d)
     arms = experiment_matrices(client, d)
     settings = lay.analysis_settings()
@@ -73,7 +74,18 @@ def experiment_document(client: Client, d: ExperimentDef,
     window = {"start": d.start, "end": d.end, "interval": "[start, end)",
               "phase": phase(d.status, d.start, d.end, time.time())}
     return {"experiment": d.id, "window": window, "warnings": warnings,
-            "decision": verdict.as_dict(), **learned_docs, "slices": [doc]}
+            "decision": verdict.as_dict(), **learned_docs,
+            "slices": [doc] if by is None else _by(client, d, by, correction, doc)}
+
+
+def _by(client: Client, d: ExperimentDef, by: str, correction: Correction | None,
+        whole: dict[str, Any]) -> list[dict[str, Any]]:
+    from state.slice_results import dimension_slices
+
+    out = dimension_slices(client, d, by, correction)
+    for sl in out:  # the experiment's freshness, as the whole document has it
+        sl["freshness"] = whole["freshness"]
+    return out
 
 
 def elapsed_seconds(d: ExperimentDef, now: float) -> float | None:
@@ -135,15 +147,16 @@ def _learned(client: Client, d: ExperimentDef, settings: AnalysisSettings, specs
 
 def experiment_document_with(client: Client, d: ExperimentDef,
                              correction: Correction | None = None,
-                             alpha: float | None = None) -> dict[str, Any]:
+                             alpha: float | None = None, by: str | None = None
+                             ) -> dict[str, Any]:
     """:func:`experiment_document` with the definition's ``alpha`` optionally overridden.
 
     ``alpha`` changes every CI, the anytime-valid intervals and the Bayesian credible
     intervals; ``ValueError`` if it is not in (0, 1).
     """
     if alpha is None or alpha == d.alpha:
-        return experiment_document(client, d, correction)
-    return experiment_document(client, replace(d, alpha=alpha), correction)
+        return experiment_document(client, d, correction, by=by)
+    return experiment_document(client, replace(d, alpha=alpha), correction, by=by)
 
 
 def quantile_documents(client: Client, d: ExperimentDef, lay: ExperimentLayout,

@@ -54,6 +54,12 @@ class BatchWrite:
     experiment_last_ts: dict[str, float] = field(default_factory=dict)
     # quantile histograms: (experiment, variation) → "<metric>:<bucket>" → count change
     histograms: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    # dimension slices (stream/slices.py): (experiment, dimension, field) → (shift, delta),
+    # applied in the matrices section like the whole experiment's; units' kept values
+    slice_matrices: dict[tuple[str, str, bytes], tuple[FloatArray, FloatArray]] = field(
+        default_factory=dict)
+    slice_matrix_bases: dict[tuple[str, str, bytes], FloatArray] = field(default_factory=dict)
+    unit_slices: dict[tuple[str, int, str], bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -237,14 +243,17 @@ class PartitionStore:
         args: list[Any] = [w.epoch, len(w.offsets)]
         for topic, expected, nxt in w.offsets:
             args += [topic, "" if expected is None else expected, nxt]
-        args.append(len(w.matrices))
+        args.append(len(w.matrices) + len(w.slice_matrices))
         for (exp, variation), (shift, delta) in w.matrices.items():
             iu = np.triu_indices(len(shift) + 1)
             blob = np.concatenate([shift, delta[iu]]).astype("<f8").tobytes()
             base = w.matrix_bases.get((exp, variation))
             args += [k(keys.matrices(p, exp)), variation, len(shift), blob,
                      "" if base is None else np.asarray(base, dtype="<f8").tobytes()]
-        sets = [(keys.units(p, e, b), u, v) for (e, b, u), v in w.units.items()]
+        args += _slice_matrix_args(w, k)
+        sets: list[tuple[str, str, bytes]] = [
+            (keys.units(p, e, b), u, v) for (e, b, u), v in w.units.items()]
+        sets += [(keys.unit_slices(p, e, b), u, v) for (e, b, u), v in w.unit_slices.items()]
         sets += [(keys.pending(p), u, v) for u, v in w.pending_set.items()]
         args.append(len(sets))
         for key, f, v in sets:
@@ -280,6 +289,18 @@ class PartitionStore:
         reason = _text(res[1])
         detail = _text(res[2]) if len(res) > 2 else ""
         return ApplyOutcome(False, reason, detail)
+
+
+def _slice_matrix_args(w: BatchWrite, k: Any) -> list[Any]:
+    """Slice matrices as tuples of the script's matrices section (same shift checks)."""
+    args: list[Any] = []
+    for (exp, dim, fld), (shift, delta) in w.slice_matrices.items():
+        iu = np.triu_indices(len(shift) + 1)
+        blob = np.concatenate([shift, delta[iu]]).astype("<f8").tobytes()
+        base = w.slice_matrix_bases.get((exp, dim, fld))
+        args += [k(keys.slice_matrices(w.partition, exp, dim)), fld, len(shift), blob,
+                 "" if base is None else np.asarray(base, dtype="<f8").tobytes()]
+    return args
 
 
 def _text(value: Any) -> str:

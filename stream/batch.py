@@ -50,7 +50,9 @@ from state.store import BatchWrite, PartitionStore, StoreError
 from state.units import WITHDRAWN, UnitState
 from state.window import accepts, in_window
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
+from stream.preperiod import hold_extension, pre_columns
 from stream.shifts import initial_shift, next_shift, recentre_sums
+from stream.slices import SliceDeltas
 
 log = logging.getLogger("liftstream.batch")
 
@@ -142,6 +144,7 @@ class BatchBuilder:
         # (partition, experiment) → variation → the stored matrix as this builder last wrote it
         self._shifts: dict[tuple[int, str], dict[str, MomentMatrix]] = {}
         self._failing: dict[int, set[str]] = {}  # partition → experiments failing last batch
+        self.slices = SliceDeltas(store, buckets)  # dimension slices (stream/slices.py)
 
     def set_experiments(self, layouts: Mapping[str, ExperimentLayout]) -> None:
         self.layouts = dict(layouts)
@@ -156,6 +159,7 @@ class BatchBuilder:
         """Drop cached shifts of a partition (after losing it or a refused batch)."""
         for key in [k for k in self._shifts if k[0] == partition]:
             del self._shifts[key]
+        self.slices.forget(partition)
 
     # ------------------------------------------------------------------------------------
     def build(self, partition: int, epoch: int, records: Sequence[RawRecord],
@@ -415,6 +419,7 @@ class BatchBuilder:
         self._settle_held(p, w, held, held_stored, held_changed, current,
                           bool(held_stored or held_changed or exposures or events))
         self._deltas(p, w, initial, current)
+        self.slices.add(p, w, self.layouts, exposures, initial, current)
 
     def _failed_only(self, e: Event, failed: Collection[str]) -> bool:
         return bool(failed) and any(x in failed for x in self._routes.get(e.event, []))
@@ -440,7 +445,8 @@ class BatchBuilder:
             if held[u]:
                 w.pending_set[u] = _HELD.encode(held[u])
                 if u not in held_stored:  # the grace period runs from when first held
-                    w.pending_queue_add[u] = now
+                    w.pending_queue_add[u] = now + hold_extension(
+                        self.layouts, self._held_targets, held[u], self.grace)
             else:
                 held_changed.discard(u)
                 if u in held_stored:
@@ -491,7 +497,8 @@ class BatchBuilder:
         d = lay.definition
         if st.withdrawn:
             return st
-        if ts < st.exposed_at or not in_window(None, d.end, ts):
+        pre = pre_columns(lay, event, ts, st.exposed_at) if ts < st.exposed_at else ()
+        if not pre and (ts < st.exposed_at or not in_window(None, d.end, ts)):
             w.counters[f"{experiment}:events_outside_window"] += 1
             return st
         seen = st.seen
@@ -508,7 +515,7 @@ class BatchBuilder:
         if len(raw) != lay.width:
             raise ValueError(f"stored unit state of {experiment!r} has {len(raw)} columns; "
                              f"the definition has {lay.width} (its layout changed)")
-        for col in lay.event_columns[event]:
+        for col in pre or lay.event_columns[event]:  # pre-period events: pre_<metric> only
             raw[col] += 1.0 if lay.counts_events[col] else value
         if ts > w.experiment_last_ts.get(experiment, ts - 1.0):  # the experiment's freshness
             w.experiment_last_ts[experiment] = ts

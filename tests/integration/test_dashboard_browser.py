@@ -108,6 +108,36 @@ def check_chart(browser: Any) -> None:
     assert adj < raw
 
 
+def check_slices(browser: Any, wait: Any, url: str, exp: str) -> None:
+    """The slice selector asks the API for ``?by=platform`` and shows one row per value with
+    the API's effect, CI and BH-adjusted p of the shown metric's recommended estimator."""
+    from selenium.webdriver.support.ui import Select
+
+    metric = text(browser, "#chart-metric")
+    wait.until(lambda d: Select(d.find_element(By.ID, "slice-dim")).select_by_value(
+        "platform") or True)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#slice-table tr[data-slice]"))
+               == 3)
+    api = httpx.get(f"{url}/v1/experiments/{exp}/results", params={"by": "platform"},
+                    headers=auth(TOKEN)).json()
+    # kept first come, first kept: the order depends on which partition applied first
+    assert sorted(sl["by"]["platform"] for sl in api["slices"]) == ["android", "ios", "web"]
+    for sl in api["slices"]:
+        value = sl["by"]["platform"]
+        comp = next(c for m in sl["metrics"] if m["metric"] == metric
+                    for c in m["comparisons"] if c["treatment"] == "treatment")
+        e = comp["estimators"][comp["primary"]]
+        row = f'#slice-table tr[data-slice="{value}"]'
+        units = sum(v["n"] for v in sl["variations"])
+        assert text(browser, f'{row} td[data-k="n"]') == f"{units:,}"
+        assert text(browser, f'{row} td[data-k="effect"]') == js_fmt(e["effect"])
+        assert text(browser, f'{row} td[data-k="ci"]') == js_ci(e["ci_low"], e["ci_high"])
+        assert e["slice_bh_p_value"] >= e["p_value"]  # BH never lowers a p-value
+    bad = httpx.get(f"{url}/v1/experiments/{exp}/results", params={"by": "country"},
+                    headers=auth(TOKEN))
+    assert bad.status_code == 404 and "platform" in bad.json()["detail"]
+
+
 def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
                                browser: Any) -> None:
     s = streaming_settings(broker.bootstrap, redis_url, unique("dash"),
@@ -116,8 +146,10 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
     create_topics(s)
     client = redis_client(s)
     exp = "checkout-redesign"
-    Registry(client).create(parse_definition(experiment_definition(exp)))
-    pop = Population(exp, revenue_lift=(0.0, 0.8), signup_lift=(0.0, 0.02), seed=7)
+    Registry(client).create(parse_definition(experiment_definition(
+        exp, dimensions=["platform"])))
+    pop = Population(exp, revenue_lift=(0.0, 0.8), signup_lift=(0.0, 0.02), seed=7,
+                     platforms=("ios", "android", "web"))
     alerter = Alerter(s, client, sinks=[])
     applied, t0 = 0, time.time() - CHUNKS * CHUNK - 5  # event times end about now
     with ingest_thread(s):
@@ -185,6 +217,8 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
                 series_of(api, "converted", "treatment")["primary"]]
             wait.until(lambda d: text(
                 d, 'tr.primary td[data-k="effect"]') == js_fmt(conv["effect"]))
+
+            check_slices(browser, wait, server.url, exp)
 
             # without a token the page asks for one
             browser.execute_script("sessionStorage.clear()")

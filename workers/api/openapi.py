@@ -12,7 +12,7 @@ expressed in JSON Schema: ``parse_definition`` checks them and answers 422 namin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,7 +24,7 @@ from starlette.types import Scope
 
 from state.registry import AGGREGATES, CANDIDATE_AGGREGATES, CORRECTIONS, MODELS, STATUSES
 
-__all__ = ["DEFINITION_SCHEMA", "ERROR_SCHEMA", "allowed_methods", "document_errors"]
+__all__ = ["DEFINITION_SCHEMA", "ERROR_SCHEMA", "allowed_methods", "api_routes", "document_errors"]
 
 _ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"}
 _NAME = {"type": "string", "minLength": 1}
@@ -65,6 +65,8 @@ DEFINITION_SCHEMA: dict[str, Any] = {
         "covariates": {"type": "array", "items": _NAME, "uniqueItems": True},
         "pre_period": {"type": "array", "items": _NAME, "uniqueItems": True},
         "lookback_seconds": _NUMBER,
+        "dimensions": {"type": "array", "items": {"anyOf": [_NAME, _obj(
+            {"name": _NAME, "max_values": {"type": "integer", "minimum": 1}}, ("name",))]}},
         "in_experiment": {"type": "array", "items": _obj({
             "name": _ID, "event": _NAME,
             "aggregate": {"enum": list(CANDIDATE_AGGREGATES)}},
@@ -160,8 +162,8 @@ def document_errors(app: FastAPI, *, read: Callable[..., Any], admin: Callable[.
         for schemas in (doc["components"]["schemas"],):
             schemas.pop("HTTPValidationError", None)
             schemas.pop("ValidationError", None)
-        for route in app.routes:
-            if isinstance(route, APIRoute) and route.include_in_schema:
+        for route in api_routes(app.routes):
+            if route.include_in_schema:
                 for method in route.methods or ():
                     op = doc["paths"][route.path_format][method.lower()]
                     _patch(op, route, read, admin, route.name in definition_routes,
@@ -204,10 +206,22 @@ def _patch(op: dict[str, Any], route: APIRoute, read: Callable[..., Any],
         op["requestBody"]["content"]["application/json"]["schema"] = schema
 
 
+def api_routes(routes: Iterable[Any]) -> Iterator[APIRoute]:
+    """Every endpoint of ``routes``, also inside included routers (FastAPI ≥ 0.150 keeps an
+    included router as one route holding the original router; earlier versions copy its
+    routes). The app's routers are included without a prefix."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from api_routes(inner.routes)
+
+
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     """Every method some route of the request's path accepts (for a 405's ``Allow``)."""
     methods: set[str] = set()
-    for route in app.router.routes:
+    for route in api_routes(app.router.routes):
         match, _ = route.matches({**scope, "method": "__none__"})
         if match != Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())

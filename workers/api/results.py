@@ -19,18 +19,30 @@ from workers.api.params import EstimatorName, ExperimentId
 from workers.api.state import ApiState, CachedResult, shape_results
 
 
+def _check_dimension(d: ExperimentDef | None, experiment_id: str, by: str) -> None:
+    """404 for an unknown experiment, and for an unknown ``by`` (no such slices; the detail
+    names the dimensions)."""
+    if d is None:
+        raise ApiError(404, "not_found", f"no experiment {experiment_id!r}")
+    names = [x.name for x in d.dimensions]
+    if by not in names:
+        raise ApiError(404, "not_found", f"by: {by[:70]!r} is not a dimension of "
+                       f"experiment {experiment_id!r} (dimensions: "
+                       f"{', '.join(names) or 'none'})")
+
+
 def results_router(api: ApiState, gate: ComputeGate) -> APIRouter:
     """The result endpoints: current results (cached, shaped) and history."""
     router = APIRouter()
 
     # -- results --------------------------------------------------------------------------
-    def compute(experiment_id: str, alpha: float | None, correction: str | None
-                ) -> CachedResult | None:
+    def compute(experiment_id: str, alpha: float | None, correction: str | None,
+                by: str | None = None) -> CachedResult | None:
         d = api.registry.get(experiment_id)
         if d is None:
             return None
         corr: Any = correction
-        doc = experiment_document_with(api.client, d, corr, alpha)
+        doc = experiment_document_with(api.client, d, corr, alpha, by)
         res = CachedResult(d, msgspec.json.encode(doc), time.time())
         encode(res, None, True, alpha, correction, doc)  # here, in the worker thread
         return res
@@ -76,9 +88,16 @@ def results_router(api: ApiState, gate: ComputeGate) -> APIRouter:
         sequential: Annotated[bool, Query(
             description="include the anytime-valid fields (seq_ci_low, seq_ci_high, "
                         "seq_p_value, srm.sequential_p_value)")] = True,
+        by: Annotated[str | None, Query(
+            max_length=128, description="one slice per value of this dimension (its "
+                                        "definition's `dimensions`), BH-adjusted across "
+                                        "values")] = None,
     ) -> Response:
-        res = await api.results.get((experiment_id, alpha, correction),
-                                    lambda: compute(experiment_id, alpha, correction))
+        if by is not None:
+            _check_dimension(await gate.run_admitted(
+                lambda: api.registry.get(experiment_id)), experiment_id, by)
+        res = await api.results.get((experiment_id, alpha, correction, by),
+                                    lambda: compute(experiment_id, alpha, correction, by))
         if res is None:
             raise ApiError(404, "not_found", f"no experiment {experiment_id!r}")
         found: CachedResult = res

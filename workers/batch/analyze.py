@@ -34,6 +34,7 @@ from estimators.quantiles import (
 )
 from estimators.quantiles import metric_documents as quantile_metric_documents
 from estimators.report import Correction, slice_document
+from estimators.slices import bh_across_slices
 from workers.batch.columns import (
     LISTED,
     MISSING_CHOICES,
@@ -225,6 +226,8 @@ def analyze_frame(frame: pd.DataFrame, req: AnalyzeRequest) -> dict[str, Any]:
             doc["timeline"] = _timeline(rows, order, values, var_id, variations, weights,
                                         specs, req, names, shift)
         slices.append(doc)
+    if req.by:  # Benjamini–Hochberg across the slices (estimators.slices)
+        bh_across_slices(slices)
     return {"warnings": warnings, **prior_doc, "slices": slices}
 
 

@@ -108,9 +108,13 @@ def _results(args: argparse.Namespace) -> int:
         d = Registry(client).get(args.experiment)  # the first Redis read: before scipy loads
         if d is None:
             raise CommandError(f"unknown experiment {args.experiment!r}")
+        if args.by is not None and args.by not in [x.name for x in d.dimensions]:
+            names = ", ".join(x.name for x in d.dimensions) or "none"
+            raise CommandError(f"--by: {args.by[:70]!r} is not a dimension of experiment "
+                               f"{d.id!r} (dimensions: {names})")
         from state.results import experiment_document
 
-        _emit(experiment_document(client, d, args.correction), args.format)
+        _emit(experiment_document(client, d, args.correction, by=args.by), args.format)
         return 0
 
     return run("results", body)
@@ -191,6 +195,7 @@ def add_results_parser(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("results", help=COMMANDS["results"][0])
     p.add_argument("experiment")
     p.add_argument("--correction", choices=["holm", "bh"], default=None)
+    p.add_argument("--by", help="one slice per value of this dimension (as analyze --by)")
     p.add_argument("--format", choices=["json", "table"], default="table")
     p.set_defaults(handler=_results)
 

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -92,6 +92,10 @@ class _Rows:
     variations: list[str]
     metrics: dict[str, np.ndarray]
     covariates: dict[str, np.ndarray]
+    # --attribute: column → per row its text, None where empty (the attribute is left out)
+    attributes: dict[str, list[str | None]] = field(default_factory=dict)
+    # --pre-period: column → (event name, values): one event per unit before its exposure
+    pre_period: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
 
 
 def _require(frame: pd.DataFrame, column: str, role: str) -> None:
@@ -116,12 +120,29 @@ def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
         raise ReplayError(str(exc)) from None
 
 
+def _attribute_column(frame: pd.DataFrame, column: str) -> list[str | None]:
+    """Text per row; an empty cell leaves the attribute out (its slice is ``(none)``)."""
+    s = frame[column]
+    empty = s.isna().to_numpy() | (s.astype(str).str.strip() == "").to_numpy()
+    return [None if e else str(v) for v, e in zip(s.tolist(), empty, strict=True)]
+
+
+def parse_pre_period(text: str) -> tuple[str, str]:
+    """``COL`` (events named after the column) or ``COL=EVENT``."""
+    column, _, event = text.partition("=")
+    if not column or (_ and not event):
+        raise ReplayError(f"--pre-period {text!r}: expected COL or COL=EVENT")
+    return column, event or column
+
+
 def _extract(frame: pd.DataFrame, unit: str | None, variation: str, metrics: Sequence[str],
-             covariates: Sequence[str]) -> _Rows:
+             covariates: Sequence[str], attributes: Sequence[str] = (),
+             pre_period: Sequence[str] = ()) -> _Rows:
     """Check and convert the columns; ReplayError names the first bad column."""
     if not metrics:
         raise ReplayError("give at least one --metric column")
-    for name, values in (("metric", metrics), ("covariate", covariates)):
+    for name, values in (("metric", metrics), ("covariate", covariates),
+                         ("attribute", attributes)):
         repeated = sorted({c for c in values if list(values).count(c) > 1})
         if repeated:
             raise ReplayError(f"column {repeated[0]!r} given twice as {name}")
@@ -132,6 +153,11 @@ def _extract(frame: pd.DataFrame, unit: str | None, variation: str, metrics: Seq
         _require(frame, c, "metric")
     for c in covariates:
         _require(frame, c, "covariate")
+    for c in attributes:
+        _require(frame, c, "attribute")
+    pre = dict(parse_pre_period(t) for t in pre_period)
+    for c in pre:
+        _require(frame, c, "pre-period")
     if unit is None:
         units = [f"u{i}" for i in range(len(frame))]
     else:
@@ -143,19 +169,29 @@ def _extract(frame: pd.DataFrame, unit: str | None, variation: str, metrics: Seq
                               f"(e.g. {counts.index[0]!r}); omit --unit to use row numbers")
     return _Rows(units, _text_column(frame, variation),
                  {c: _numbers(frame, c) for c in metrics},
-                 {c: _numbers(frame, c) for c in covariates})
+                 {c: _numbers(frame, c) for c in covariates},
+                 {c: _attribute_column(frame, c) for c in attributes},
+                 {c: (event, _numbers(frame, c)) for c, event in pre.items()})
 
 
-def _build(rows: _Rows, experiment: str, start_ts: float) -> list[Message]:
+def _build(rows: _Rows, experiment: str, start_ts: float, pre_offset: float = EVENT_DELAY
+           ) -> list[Message]:
     out: list[Message] = []
     metric_items = list(rows.metrics.items())
     cov_items = list(rows.covariates.items())
+    attr_items = list(rows.attributes.items())
     for i, (unit, variation) in enumerate(zip(rows.units, rows.variations, strict=True)):
         key = unit.encode()
         ts = start_ts + i * ROW_SPACING
         covs = {name: float(values[i]) for name, values in cov_items}
+        attrs = {name: v for name, values in attr_items if (v := values[i]) is not None}
         out.append(("exposures", key,
-                    encode_exposure(Exposure(experiment, unit, variation, ts, covs))))
+                    encode_exposure(Exposure(experiment, unit, variation, ts, covs, attrs))))
+        for column, (event, values) in rows.pre_period.items():
+            value = float(values[i])
+            if value != 0.0:  # inside [ts - lookback, ts): the unit's pre_<metric>
+                out.append(("events", key, encode_event(Event(
+                    unit, event, ts - pre_offset, value, experiment, f"{unit}:pre:{column}"))))
         for column, values in metric_items:
             value = float(values[i])
             if value != 0.0:
@@ -187,7 +223,9 @@ def _shuffle_and_duplicate(messages: list[Message], shuffle: bool, duplicate: fl
 def replay_messages(frame: pd.DataFrame, experiment: str, unit: str | None, variation: str,
                     metrics: Sequence[str], covariates: Sequence[str], shuffle: bool = False,
                     duplicate: float = 0.0, seed: int = 0,
-                    start_ts: float = DEFAULT_START_TS) -> list[Message]:
+                    start_ts: float = DEFAULT_START_TS,
+                    attributes: Sequence[str] = (), pre_period: Sequence[str] = (),
+                    pre_offset: float = EVENT_DELAY) -> list[Message]:
     """All messages of a frame in publish order: ``(kind, key, value)``.
 
     ``shuffle`` permutes the whole list (events may then precede their exposure);
@@ -195,8 +233,8 @@ def replay_messages(frame: pd.DataFrame, experiment: str, unit: str | None, vari
     """
     if not 0.0 <= duplicate <= 1.0:
         raise ReplayError(f"--duplicate must be between 0 and 1, got {duplicate}")
-    rows = _extract(frame, unit, variation, metrics, covariates)
-    messages = _build(rows, experiment, start_ts)
+    rows = _extract(frame, unit, variation, metrics, covariates, attributes, pre_period)
+    messages = _build(rows, experiment, start_ts, pre_offset)
     return _shuffle_and_duplicate(messages, shuffle, duplicate, seed)[0]
 
 
@@ -265,8 +303,9 @@ def publish(settings: Settings, messages: Iterable[Message], *, total: int | Non
 # --------------------------------------------------------------------------- replay_file
 
 
-def _read_csv(path: str, unit: str | None, variation: str) -> pd.DataFrame:
-    text_columns = {c: str for c in (unit, variation) if c is not None}
+def _read_csv(path: str, unit: str | None, variation: str, attributes: Sequence[str] = ()
+              ) -> pd.DataFrame:
+    text_columns = {c: str for c in (unit, variation, *attributes) if c is not None}
     try:
         return pd.read_csv(path, dtype=text_columns, low_memory=False)
     except FileNotFoundError:
@@ -298,12 +337,18 @@ def _check_against(d: ExperimentDef, rows: _Rows) -> None:
         if column not in d.covariates:
             _warn(f"column {column!r} is not a covariate of {d.id!r} "
                   f"(covariates: {', '.join(d.covariates) or 'none'}): it will be ignored")
+    dims = [x.name for x in d.dimensions]
+    for column in rows.attributes:
+        if column not in dims:
+            _warn(f"column {column!r} is not a dimension of {d.id!r} "
+                  f"(dimensions: {', '.join(dims) or 'none'}): no slices will use it")
 
 
 def replay_file(settings: Settings, path: str, experiment: str, unit: str | None,
                 variation: str, metrics: Sequence[str], covariates: Sequence[str] = (),
                 rate: float | None = None, shuffle: bool = False, duplicate: float = 0.0,
-                seed: int = 0, progress: bool = True) -> ReplayReport:
+                seed: int = 0, progress: bool = True, attributes: Sequence[str] = (),
+                pre_period: Sequence[str] = ()) -> ReplayReport:
     """Publish a CSV file's rows to the experiment's topics; returns after the broker acked.
 
     The experiment must be registered (ReplayError otherwise). Timestamps start at the
@@ -313,8 +358,8 @@ def replay_file(settings: Settings, path: str, experiment: str, unit: str | None
         raise ReplayError(f"--duplicate must be between 0 and 1, got {duplicate}")
     if rate is not None and not (math.isfinite(rate) and rate > 0):
         raise ReplayError(f"--rate must be a positive number of messages/s, got {rate}")
-    frame = _read_csv(path, unit, variation)
-    rows = _extract(frame, unit, variation, metrics, covariates)
+    frame = _read_csv(path, unit, variation, attributes)
+    rows = _extract(frame, unit, variation, metrics, covariates, attributes, pre_period)
     client = connect(settings.redis_url, settings.redis_cluster)
     try:
         d = Registry(client).get(experiment)
@@ -328,13 +373,15 @@ def replay_file(settings: Settings, path: str, experiment: str, unit: str | None
     if d.end is not None and start_ts + len(rows.units) * ROW_SPACING + EVENT_DELAY > d.end:
         _warn(f"the replay's timestamps run past the end of {experiment!r}: late rows and "
               f"events will fall outside its window")
-    messages, duplicates = _shuffle_and_duplicate(_build(rows, experiment, start_ts), shuffle,
-                                                  duplicate, seed)
+    # pre-period events half the lookback before the exposure (inside [t0 - L, t0))
+    offset = d.lookback_seconds / 2 if d.lookback_seconds > 0 else EVENT_DELAY
+    messages, duplicates = _shuffle_and_duplicate(_build(rows, experiment, start_ts, offset),
+                                                  shuffle, duplicate, seed)
     t0 = time.monotonic()
     publish(settings, messages, total=len(messages), rate=rate, progress=progress,
             label="replay")
     seconds = time.monotonic() - t0
-    n_events = len(messages) - duplicates - len(rows.units)
+    n_events = len(messages) - duplicates - len(rows.units)  # pre-period events included
     return ReplayReport(len(rows.units), n_events, duplicates, seconds)
 
 
@@ -350,7 +397,8 @@ def _replay_with(args: argparse.Namespace, settings: Settings) -> int:
         report = replay_file(settings, args.file, args.experiment, args.unit, args.variation,
                              args.metric, args.covariate, rate=args.rate,
                              shuffle=args.shuffle, duplicate=args.duplicate, seed=args.seed,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, attributes=args.attribute,
+                             pre_period=args.pre_period)
     except ReplayError as exc:
         return fail("replay", str(exc))
     except (PublishError, TimeoutError) as exc:
@@ -374,6 +422,13 @@ def add_replay_parser(sub: argparse._SubParsersAction[Any]) -> None:
                    help="metric column; its events are named after it (repeatable)")
     p.add_argument("--covariate", action="append", default=[],
                    help="pre-experiment covariate column sent with the exposure (repeatable)")
+    p.add_argument("--attribute", action="append", default=[],
+                   help="column sent as an exposure attribute (a dimension's value; empty "
+                        "cells leave it out) (repeatable)")
+    p.add_argument("--pre-period", action="append", default=[], metavar="COL[=EVENT]",
+                   help="column published as one event per unit (named EVENT, default the "
+                        "column) half the definition's lookback before its exposure: the "
+                        "metric's own pre-period value (repeatable)")
     p.add_argument("--rate", type=float, default=None, help="messages per second (no limit)")
     p.add_argument("--shuffle", action="store_true",
                    help="publish in random order (events may precede their exposure)")
