@@ -44,8 +44,9 @@ import pandas as pd
 
 from estimators.analysis import AnalysisSettings
 from estimators.moments import MomentMatrix
+from state.definition import parse_definition
 from state.layout import ExperimentLayout
-from state.registry import Registry, parse_definition
+from state.registry import Registry
 from state.results import experiment_document_with
 from state.store import BatchWrite, PartitionStore, connect
 from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame

@@ -16,8 +16,9 @@ from typing import Any
 
 import pandas as pd
 
+from state.definition import parse_definition
 from state.layout import ExperimentLayout
-from state.registry import Registry, parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import PartitionStore, connect
 from stream.batch import BatchBuilder, RawRecord, Topics

@@ -16,8 +16,9 @@ from estimators.empirical_bayes import finished_record
 from estimators.moments import MomentMatrix
 from estimators.report import Correction, slice_document
 from state import finished, history
+from state.definition import ExperimentDef
 from state.layout import ExperimentLayout
-from state.registry import ExperimentDef, Registry
+from state.registry import Registry
 from state.store import (
     LAST_EVENT_TS,
     Client,

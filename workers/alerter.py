@@ -56,7 +56,8 @@ import msgspec
 
 from state import history
 from state.alerts import AlertStateStore
-from state.registry import ExperimentDef, Registry
+from state.definition import ExperimentDef
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import Client, connect
 from state.window import accepts

@@ -63,15 +63,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from estimators.analysis import ESTIMATORS
 from state import history
+from state.definition import DefinitionError, ExperimentDef, parse_definition
 from state.limits import check_text_size, refuse_duplicate_json_keys
 from state.models import refusal_counts
-from state.registry import (
-    DefinitionError,
-    ExperimentDef,
-    ExperimentExists,
-    Registry,
-    parse_definition,
-)
+from state.naming import ID_REGEX as ID_PATTERN_TEXT
+from state.registry import ExperimentExists, Registry
 from state.results import experiment_document_with, record_finished
 from state.store import Client, partition_count, read_counters
 from stream.lag import LagMonitor
@@ -86,7 +82,7 @@ __all__ = ["ApiError", "Auth", "create_app", "resolve_auth", "shape_results"]
 
 log = logging.getLogger("liftstream.api")
 
-ID_REGEX = r"^[A-Za-z0-9_.-]{1,64}$"
+ID_REGEX = f"^{ID_PATTERN_TEXT}$"
 SEQUENTIAL_FIELDS = ("seq_ci_low", "seq_ci_high", "seq_p_value", "adjusted_seq_p_value")
 EstimatorName = Literal["diff", "cuped", "cupac", "mlrate", "lin_crespo", "adjusted"]
 assert set(EstimatorName.__args__) == set(ESTIMATORS)  # type: ignore[attr-defined]
@@ -184,7 +180,7 @@ Admin = Annotated[str, Depends(require_admin)]
 # --------------------------------------------------------------------------- results
 
 ExperimentId = Annotated[str, PathParam(pattern=ID_REGEX,
-                                        description="experiment id ([A-Za-z0-9_.-]{1,64})")]
+                                        description=f"experiment id ({ID_PATTERN_TEXT})")]
 DEFINITION_EXAMPLE: dict[str, Any] = {"id": "checkout-button", "variations": ["control", "green"],
                       "weights": [0.5, 0.5],
                       "metrics": [{"name": "revenue", "event": "purchase",

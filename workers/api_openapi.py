@@ -22,11 +22,12 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import Scope
 
-from state.registry import AGGREGATES, CANDIDATE_AGGREGATES, CORRECTIONS, MODELS, STATUSES
+from state.definition import AGGREGATES, CANDIDATE_AGGREGATES, CORRECTIONS, MODELS, STATUSES
+from state.naming import ID_REGEX
 
 __all__ = ["DEFINITION_SCHEMA", "ERROR_SCHEMA", "allowed_methods", "document_errors"]
 
-_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"}
+_ID = {"type": "string", "pattern": f"^{ID_REGEX}$"}
 _NAME = {"type": "string", "minLength": 1}
 _NUMBER = {"type": "number"}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}

@@ -52,10 +52,11 @@ import msgspec
 import redis.exceptions
 
 from state import keys
+from state.definition import ExperimentDef
 from state.models import LoadedModel, ModelRegistry, SignatureError
 from state.naming import legacy_targets, parse_model_id, resolve_model_id
 from state.naming import model_id as make_model_id
-from state.registry import ExperimentDef, Registry
+from state.registry import Registry
 from state.store import Client, connect
 from stream.batch import TrainingExample
 from stream.kafka import TopicPartition, ensure_topics, make_consumer, partition_counts

@@ -19,9 +19,10 @@ from typing import Any
 import msgspec
 
 from state import keys
+from state.definition import ExperimentDef
 from state.models import ModelRegistry, SignatureError, SnapshotHeader
 from state.naming import resolve_model_id
-from state.registry import ExperimentDef, Registry
+from state.registry import Registry
 from state.store import Client
 
 __all__ = ["add_models_parser", "model_rows", "render_models"]

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from fastapi.testclient import TestClient
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_matrices
 from state.store import Client
 from stream.messages import Event, Exposure, encode_event, encode_exposure

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from state import keys
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import Client, read_counters
 from workers.embedded import Broker

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from workers.alerter import Alerter
 from workers.embedded import Broker
 

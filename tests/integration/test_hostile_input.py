@@ -32,7 +32,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import Client, PartitionStore, read_counters
 from stream.kafka import TopicPartition, make_consumer, make_producer

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from estimators.analysis import AnalysisSettings
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
 from workers.embedded import Broker

@@ -22,8 +22,9 @@ import msgspec
 import numpy as np
 
 from state import keys
+from state.definition import parse_definition
 from state.limits import CEILINGS
-from state.registry import REGISTRY_KEY, VERSION_KEY, Registry, parse_definition
+from state.registry import REGISTRY_KEY, VERSION_KEY, Registry
 from state.results import experiment_document, experiment_matrices
 from state.store import Client, read_counters
 from state.units import UnitState, pack_format_1

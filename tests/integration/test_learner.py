@@ -31,9 +31,10 @@ import numpy as np
 import pytest
 
 from state import keys
+from state.definition import parse_definition
 from state.model_cache import ModelCache
 from state.models import ModelRegistry
-from state.registry import Registry, parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from stream.batch import TrainingExample
 from stream.kafka import ensure_topics, make_producer

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from state import keys
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import read_counters
 from stream.kafka import ensure_topics

@@ -12,15 +12,8 @@ import pytest
 import redis
 import redis.cluster
 
-from state.registry import (
-    REGISTRY_KEY,
-    VERSION_KEY,
-    DefinitionError,
-    ExperimentDef,
-    ExperimentExists,
-    Registry,
-    parse_definition,
-)
+from state.definition import DefinitionError, ExperimentDef, parse_definition
+from state.registry import REGISTRY_KEY, VERSION_KEY, ExperimentExists, Registry
 from workers.experiments_cli import add_experiments_parser
 
 HILL_YAML = """\

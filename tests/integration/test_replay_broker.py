@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import connect, partition_count, read_counters
 from stream.kafka import TopicPartition, make_consumer

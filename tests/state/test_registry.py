@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from estimators.analysis import AnalysisSettings
-from state.registry import (
+from state.definition import (
     CandidateDef,
     DefinitionError,
     ExperimentDef,
@@ -21,6 +21,7 @@ from state.registry import (
     load_definition,
     parse_definition,
 )
+from state.layout import analysis_settings
 
 HILL_YAML = """\
 id: hill
@@ -97,7 +98,7 @@ def test_example_yaml_parses(tmp_path: Path) -> None:
     assert d.in_experiment == (CandidateDef("pageviews", "pageview", "count"),)
     assert d.primary == "spend" and d.primary_metric is None
     assert d.status == "running" and d.model is None  # no learner unless asked for
-    assert d.analysis_settings() == AnalysisSettings()
+    assert analysis_settings(d) == AnalysisSettings()
 
 
 def test_full_definition() -> None:
@@ -108,7 +109,7 @@ def test_full_definition() -> None:
     assert d.end == 1712000000.0
     assert d.primary == "revenue_per_session"
     assert d.metric_names()[-1] == "revenue_per_session"
-    assert d.analysis_settings() == AnalysisSettings(0.1, 20000, 0.01, True, 0.2)
+    assert analysis_settings(d) == AnalysisSettings(0.1, 20000, 0.01, True, 0.2)
     assert d.is_active(d.start or 0) and not d.is_active(d.end or 0)
     assert not d.is_active((d.start or 0) - 1)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from state.definition import parse_definition
 from state.layout import ExperimentLayout
-from state.registry import parse_definition
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
 from workers import replay, simulate
 from workers.replay import ReplayError, ReplayReport, replay_messages
