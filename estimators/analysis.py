@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from estimators import bayes
+from estimators import bayes, defaults
 from estimators.contrast import (
     ONE_ARM_NOTE,
     Contrast,
@@ -64,11 +64,11 @@ class MetricSpec:
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    alpha: float = 0.05
-    sequential_tuning: float = 5000.0
-    selection_alpha: float = 0.05
+    alpha: float = defaults.ALPHA
+    sequential_tuning: float = defaults.SEQUENTIAL_TUNING
+    selection_alpha: float = defaults.SELECTION_ALPHA
     selection_holm: bool = False
-    prior_sigma: float = 0.3
+    prior_sigma: float = defaults.PRIOR_SIGMA
     # in-experiment candidates chosen beforehand (Fisher pre-selection, estimators.selection
     # .preselect); None: the per-experiment balance test selects
     preselected: tuple[str, ...] | None = None

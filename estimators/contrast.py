@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, replace
 from statistics import NormalDist
 
-from estimators import sequential
+from estimators import defaults, sequential
 from estimators.records import Estimate
 
 _STANDARD = NormalDist()
@@ -61,9 +61,9 @@ class Contrast:
 class Inference:
     """What turns a contrast into intervals: level, units seen, sequential tuning."""
 
-    alpha: float = 0.05
+    alpha: float = defaults.ALPHA
     n_total: int = 0
-    sequential_tuning: float = 5000.0
+    sequential_tuning: float = defaults.SEQUENTIAL_TUNING
 
 
 # An SE below a few units in the last place of the arm means is rounding, whatever the bounds.

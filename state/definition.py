@@ -33,6 +33,7 @@ from typing import Any, Final, Literal, TypeVar, cast, get_args
 
 import msgspec
 
+from estimators import defaults
 from state.limits import (
     CEILINGS,
     DEFAULT_LIMITS,
@@ -132,10 +133,10 @@ class ExperimentDef:
     guardrails: tuple[str, ...] = ()
     model: str | None = None  # online learner for CUPAC/MLRATE predictions; None = none
     outcome_window_seconds: float | None = None
-    alpha: float = 0.05
-    sequential_tuning: float = 5000.0
-    prior_sigma: float = 0.3
-    selection_alpha: float = 0.05
+    alpha: float = defaults.ALPHA
+    sequential_tuning: float = defaults.SEQUENTIAL_TUNING
+    prior_sigma: float = defaults.PRIOR_SIGMA
+    selection_alpha: float = defaults.SELECTION_ALPHA
     selection_holm: bool = False
     correction: Correction | None = None
     prior: PriorKind = "fixed"  # ``prior: {kind: empirical}``: σ from finished experiments

@@ -54,6 +54,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from estimators import defaults
 from state import history
 from state.alerts import AlertStateStore
 from state.definition import ExperimentDef
@@ -68,7 +69,7 @@ __all__ = ["Alert", "Alerter", "KafkaAlertSink", "add_alerter_parser", "evaluate
 
 log = logging.getLogger("liftstream.alerter")
 
-SRM_THRESHOLD = 0.001
+SRM_THRESHOLD = defaults.SRM_THRESHOLD
 
 
 @dataclass(frozen=True)
