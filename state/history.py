@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -397,18 +397,6 @@ def delete(client: Client, experiment: str) -> None:
     """Forget the experiment's history."""
     for k in [keys.history_meta(experiment), *_level_keys(experiment, LEVELS)]:
         client.delete(k)
-
-
-def experiments_with_history(client: Client, experiments: Iterable[str]) -> dict[str, int]:
-    """Number of stored snapshots of each experiment."""
-    names = list(experiments)
-    n = LEVELS
-    pipe = client.pipeline(transaction=False)
-    for e in names:
-        for k in _level_keys(e, n):
-            pipe.zcard(k)
-    counts = [int(x) for x in pipe.execute()]
-    return {e: sum(counts[i * n:(i + 1) * n]) for i, e in enumerate(names)}
 
 
 def stored_bytes(client: Client, experiment: str) -> int:
