@@ -22,7 +22,6 @@ import json
 import math
 import random
 import re
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,10 +35,11 @@ from state.definition import parse_definition
 from state.registry import Registry
 from state.results import experiment_document
 from state.store import Client, PartitionStore, read_counters
-from stream.kafka import TopicPartition, make_consumer, make_producer
+from stream.kafka import TopicPartition, make_consumer
 from stream.messages import DEAD_LETTER_ORIGINAL_BYTES, MAX_TS, MIN_TS, Event, encode_event
+from tests.support.workers import WorkerThread
+from tests.support.workers import publish as publish_all
 from workers.embedded import Broker
-from workers.ingest import IngestWorker
 from workers.settings import Settings
 
 from .conftest import unique
@@ -288,35 +288,6 @@ def valid_extras(units: list[str], rng: random.Random) -> list[Message]:
 
 
 # ----------------------------------------------------------------------------- plumbing
-
-
-class WorkerThread(threading.Thread):
-    """An ingest worker in a thread; ``error`` holds what made it stop, if anything."""
-
-    def __init__(self, s: Settings) -> None:
-        super().__init__(daemon=True)
-        self.worker = IngestWorker(s, "hostile")
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self) -> None:
-        self.worker.stop_event.set()
-        self.join(timeout=30)
-        assert not self.is_alive()
-
-
-def publish_all(s: Settings, messages: Sequence[Message]) -> None:
-    producer = make_producer(s.kafka_bootstrap, linger_ms=20)
-    topics = {"exposures": s.topic_exposures, "events": s.topic_events}
-    for kind, key, value in messages:
-        producer.send(topics[kind], value=value, key=key)
-    producer.flush()
-    producer.close()
 
 
 def wait_applied(client: Client, total: int, worker: WorkerThread, timeout: float) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -11,6 +9,7 @@ from estimators.analysis import AnalysisSettings
 from state.definition import parse_definition
 from state.registry import Registry
 from state.results import experiment_document
+from tests.support.data import HILLSTROM
 from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
 from workers.embedded import Broker
 from workers.replay import replay_messages
@@ -27,7 +26,7 @@ from .streaming import (
     worker_thread,
 )
 
-HILL = Path(__file__).resolve().parents[3] / "shared" / "data" / "hillstrom.csv"
+HILL = HILLSTROM
 HILL_DEF = {
     "id": "hill",
     "variations": ["No E-Mail", "Mens E-Mail", "Womens E-Mail"],

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -31,8 +30,8 @@ from state.units import UnitState, pack_format_1
 from state.warnings import experiment_warnings
 from stream.kafka import TopicPartition, make_consumer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
+from tests.support.workers import WorkerThread as Worker
 from workers.embedded import Broker
-from workers.ingest import IngestWorker
 from workers.settings import Settings
 
 from .conftest import unique
@@ -53,27 +52,6 @@ from .streaming import (
 
 Message = tuple[str, bytes, bytes]
 NORMAL = "normal"
-
-
-class Worker(threading.Thread):
-    """An ingest worker in a thread; ``error`` holds what stopped it, if anything."""
-
-    def __init__(self, s: Settings, name: str = "w") -> None:
-        super().__init__(daemon=True)
-        self.worker = IngestWorker(s, name)
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
-
-    def stop(self) -> None:
-        self.worker.stop_event.set()
-        self.join(timeout=30)
-        assert not self.is_alive()
-        assert self.error is None, repr(self.error)
 
 
 def wait_applied(client: Client, total: int, worker: Worker, timeout: float = 120.0) -> None:

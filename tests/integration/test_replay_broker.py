@@ -23,13 +23,14 @@ from tests.integration.streaming import (
     wait_for_messages,
     worker_thread,
 )
+from tests.support.data import HILLSTROM
 from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
 from workers.embedded import Broker
 from workers.replay import ReplayError, add_replay_parser, replay_file
 from workers.settings import Settings
 from workers.simulate import SimulationConfig, run_simulation
 
-HILL = Path(__file__).resolve().parents[3] / "shared" / "data" / "hillstrom.csv"
+HILL = HILLSTROM
 METRICS = ["visit", "conversion", "spend"]
 PARTITIONS = 4
 

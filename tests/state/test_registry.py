@@ -22,18 +22,7 @@ from state.definition import (
     parse_definition,
 )
 from state.layout import analysis_settings
-
-HILL_YAML = """\
-id: hill
-variations: [No E-Mail, Mens E-Mail, Womens E-Mail]
-weights: [0.333, 0.333, 0.334]
-metrics:
-  - {name: spend, event: spend, aggregate: sum, cap: 500}
-  - {name: visit, event: visit, aggregate: binary}
-covariates: [recency, history]
-in_experiment:
-  - {name: pageviews, event: pageview, aggregate: count}
-"""
+from tests.support.data import HILL_YAML
 
 FULL: dict[str, Any] = {
     "id": "checkout.v2",

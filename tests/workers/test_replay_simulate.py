@@ -16,6 +16,7 @@ import pytest
 from state.definition import parse_definition
 from state.layout import ExperimentLayout
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
+from tests.support.data import DATA, HILLSTROM
 from workers import replay, simulate
 from workers.replay import ReplayError, ReplayReport, replay_messages
 from workers.simulate import (
@@ -27,8 +28,7 @@ from workers.simulate import (
     true_effects,
 )
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-HILL = DATA / "hillstrom.csv"
+HILL = HILLSTROM
 CATS = DATA / "cookie_cats.csv"
 
 Message = tuple[str, bytes, bytes]
