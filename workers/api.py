@@ -73,7 +73,7 @@ from state.store import Client, partition_count, read_counters
 from stream.lag import LagMonitor
 from workers.api_docs import install_docs
 from workers.api_guard import BodyLimit, ErrorShield, request_id
-from workers.api_openapi import allowed_methods, document_errors
+from workers.api_openapi import RESULTS_SCHEMA, allowed_methods, document_errors
 from workers.cache import Busy, ComputeGate, SingleFlightCache
 from workers.history_recorder import HistoryRecorder
 from workers.settings import Settings
@@ -781,7 +781,8 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
 
     @app.get("/v1/experiments/{experiment_id}/results", tags=["results"],
              summary="Current results (cached briefly)",
-             responses={200: {"description": "the result document plus freshness"}})
+             responses={200: {"description": "the result document plus freshness",
+                              "content": {"application/json": {"schema": RESULTS_SCHEMA}}}})
     async def results(
         experiment_id: ExperimentId, _: Read,
         estimator: Annotated[EstimatorName | None, Query(

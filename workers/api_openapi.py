@@ -22,10 +22,15 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import Scope
 
+from estimators import document
 from state.definition import AGGREGATES, CANDIDATE_AGGREGATES, CORRECTIONS, MODELS, STATUSES
 from state.naming import ID_REGEX
 
-__all__ = ["DEFINITION_SCHEMA", "ERROR_SCHEMA", "allowed_methods", "document_errors"]
+__all__ = ["DEFINITION_SCHEMA", "ERROR_SCHEMA", "RESULTS_SCHEMA", "allowed_methods",
+           "document_errors"]
+
+#: The results endpoint's answer, generated from the typed document (estimators.document).
+RESULTS_SCHEMA, _RESULT_COMPONENTS = document.json_schema()
 
 _ID = {"type": "string", "pattern": f"^{ID_REGEX}$"}
 _NAME = {"type": "string", "minLength": 1}
@@ -152,6 +157,7 @@ def document_errors(app: FastAPI, *, read: Callable[..., Any], admin: Callable[.
         doc = get_openapi(title=app.title, version=app.version, description=app.description,
                           routes=app.routes)
         doc.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+        doc["components"]["schemas"].update(_RESULT_COMPONENTS)
         for schemas in (doc["components"]["schemas"],):
             schemas.pop("HTTPValidationError", None)
             schemas.pop("ValidationError", None)
