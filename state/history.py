@@ -61,6 +61,7 @@ from typing import Any
 
 import msgspec
 
+from estimators import document
 from state import keys
 from state.store import Client
 
@@ -197,18 +198,18 @@ def _round(x: Any) -> float | None:
     return float(f"{float(x):.7g}")
 
 
-def snapshot(doc: Mapping[str, Any], ts: float) -> dict[str, Any]:
+def snapshot(doc: Mapping[str, Any] | document.ResultDocument, ts: float) -> dict[str, Any]:
     """The compact snapshot of a result document (first slice) taken at ``ts``."""
-    sl = doc["slices"][0]
+    sl = (doc if isinstance(doc, document.ResultDocument) else document.parse(doc)).first
     comps = []
-    for m in sl["metrics"]:
-        for c in m["comparisons"]:
-            est = {name: [_round(e.get(k)) for k in VALUES]
-                   for name, e in c["estimators"].items()}
-            comps.append([m["metric"], c["treatment"], c.get("primary"), est])
-    srm = sl.get("srm") or {}
-    return {"ts": ts, "n": {v["name"]: v["n"] for v in sl["variations"]},
-            "srm_p": _round(srm.get("p_value")), "srm_seq_p": _round(srm.get("sequential_p_value")),
+    for m in sl.metrics:
+        for c in m.comparisons:
+            est = {name: [_round(getattr(e, k)) for k in VALUES]
+                   for name, e in c.estimators.items()}
+            comps.append([m.metric, c.treatment, c.primary, est])
+    srm = sl.srm or document.Srm()
+    return {"ts": ts, "n": {v.name: v.n for v in sl.variations},
+            "srm_p": _round(srm.p_value), "srm_seq_p": _round(srm.sequential_p_value),
             "c": comps}
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from estimators import document
 from state import keys
 from state.definition import ExperimentDef
 from state.models import ModelRegistry, SignatureError, SnapshotHeader
@@ -54,16 +55,15 @@ def _in_results(client: Client, d: ExperimentDef, metric: str,
     if d.id not in cache:
         cache[d.id] = experiment_document(client, d)
     out = []
-    for m in cache[d.id]["slices"][0]["metrics"]:
-        if m["metric"] != metric:
-            continue
-        for c in m["comparisons"]:
-            cupac = c["estimators"].get("cupac") or {}
-            out.append({"treatment": c["treatment"],
-                        "prediction_outcome_correlation":
-                            c["diagnostics"].get("prediction_outcome_correlation"),
-                        "cupac_variance_reduction": cupac.get("variance_reduction"),
-                        "cupac_note": cupac.get("note")})
+    m = document.parse(cache[d.id]).first.metric(metric)
+    for c in m.comparisons if m is not None else []:
+        cupac = c.estimators.get("cupac")
+        out.append({"treatment": c.treatment,
+                    "prediction_outcome_correlation":
+                        (c.diagnostics or {}).get("prediction_outcome_correlation"),
+                    "cupac_variance_reduction": None if cupac is None
+                    else cupac.variance_reduction,
+                    "cupac_note": None if cupac is None else cupac.note})
     return out
 
 
