@@ -26,7 +26,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -34,10 +33,9 @@ from hypothesis import strategies as st
 from state.definition import parse_definition
 from state.registry import Registry
 from state.results import experiment_document
-from state.store import Client, PartitionStore, read_counters
-from stream.kafka import TopicPartition, make_consumer
+from state.store import PartitionStore, read_counters
 from stream.messages import DEAD_LETTER_ORIGINAL_BYTES, MAX_TS, MIN_TS, Event, encode_event
-from tests.support.workers import WorkerThread
+from tests.support.workers import WorkerThread, read_dead_letters, wait_applied
 from tests.support.workers import publish as publish_all
 from workers.embedded import Broker
 from workers.settings import Settings
@@ -288,40 +286,6 @@ def valid_extras(units: list[str], rng: random.Random) -> list[Message]:
 
 
 # ----------------------------------------------------------------------------- plumbing
-
-
-def wait_applied(client: Client, total: int, worker: WorkerThread, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if messages_applied(client) >= total:
-            return
-        if not worker.is_alive():
-            raise AssertionError(f"the worker stopped: {worker.error!r}") from worker.error
-        time.sleep(0.2)
-    raise TimeoutError(f"only {messages_applied(client)} of {total} messages applied")
-
-
-def read_dead_letters(s: Settings, expected: int, timeout: float = 60.0
-                      ) -> list[dict[str, Any]]:
-    """Every record of the dead-letter topic (waits for ``expected``, then one more second)."""
-    consumer = make_consumer(s.kafka_bootstrap, None, max_poll_records=5000)
-    try:
-        tp = TopicPartition(s.topic_dead_letters, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        quiet_until: float | None = None
-        while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend(msgspec.json.decode(r.value) for r in records)
-            if len(out) >= expected:
-                quiet_until = quiet_until or time.monotonic() + 1.0
-                if time.monotonic() >= quiet_until:
-                    break
-        return out
-    finally:
-        consumer.close()
 
 
 def reason_kind(reason: str) -> str:

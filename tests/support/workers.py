@@ -1,13 +1,18 @@
-"""The ingest worker in a thread, and publishing test messages to the input topics."""
+"""The ingest worker in a thread, publishing test messages, waiting for them to be applied,
+reading the dead letters."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from stream.kafka import make_producer
+import msgspec
+
+from state.store import Client, partition_count, read_counters
+from stream.kafka import TopicPartition, make_consumer, make_producer
 from workers.ingest import IngestWorker
 from workers.settings import Settings
 
@@ -62,3 +67,45 @@ def publish(s: Settings, messages: Sequence[Message]) -> None:
         producer.send(topics[kind], value=value, key=key)
     producer.flush()
     producer.close()
+
+
+def messages_applied(client: Client) -> int:
+    """Messages the workers applied, over every partition (the ``messages`` counter)."""
+    n = partition_count(client)
+    return int(read_counters(client, range(n)).get("messages", 0)) if n else 0
+
+
+def wait_applied(client: Client, total: int, worker: WorkerThread,
+                 timeout: float = 120.0) -> None:
+    """Until ``total`` messages are applied; fail at once if the worker thread stopped."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if messages_applied(client) >= total:
+            return
+        if not worker.is_alive():
+            raise AssertionError(f"the worker stopped: {worker.error!r}") from worker.error
+        time.sleep(0.1)
+    raise TimeoutError(f"only {messages_applied(client)} of {total} messages applied")
+
+
+def read_dead_letters(s: Settings, expected: int, timeout: float = 60.0
+                      ) -> list[dict[str, Any]]:
+    """Every record of the dead-letter topic (waits for ``expected``, then one quiet second)."""
+    consumer = make_consumer(s.kafka_bootstrap, None, max_poll_records=5000)
+    try:
+        tp = TopicPartition(s.topic_dead_letters, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        quiet_until: float | None = None
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                out.extend(msgspec.json.decode(r.value) for r in records)
+            if len(out) >= expected:
+                quiet_until = quiet_until or time.monotonic() + 1.0
+                if time.monotonic() >= quiet_until:
+                    break
+        return out
+    finally:
+        consumer.close()
