@@ -50,8 +50,9 @@ from state.layout import ExperimentLayout
 from state.registry import Registry
 from state.results import experiment_document_with
 from state.store import BatchWrite, PartitionStore, connect
-from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
-from workers.embedded import free_port, start_redis
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
+from workers.dev.embedded import free_port, start_redis
 from workers.settings import Settings, to_env
 
 EXPERIMENT = "load"

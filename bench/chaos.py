@@ -39,8 +39,9 @@ from state.results import experiment_document, experiment_matrices
 from state.store import connect, partition_count, read_counters
 from stream.kafka import TopicPartition, ensure_topics, make_consumer, make_producer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
-from workers.embedded import Broker, RedisServer, start_broker, start_redis
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
+from workers.dev.embedded import Broker, RedisServer, start_broker, start_redis
 from workers.settings import Settings, to_env
 
 Message = tuple[str, bytes, bytes]

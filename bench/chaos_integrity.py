@@ -44,7 +44,7 @@ from state.store import read_counters
 from state.units import UnitState
 from state.warnings import experiment_warnings
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.embedded import Broker, RedisServer, start_broker, start_redis
+from workers.dev.embedded import Broker, RedisServer, start_broker, start_redis
 from workers.settings import to_env
 
 Message = tuple[str, bytes, bytes]

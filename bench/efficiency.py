@@ -23,9 +23,10 @@ from state.registry import Registry
 from state.results import experiment_document
 from state.store import PartitionStore, connect
 from stream.batch import BatchBuilder, RawRecord, Topics
-from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
-from workers.embedded import start_redis
-from workers.simulate import SimulationConfig, simulate_messages, simulation_definition
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
+from workers.dev.embedded import start_redis
+from workers.dev.simulate import SimulationConfig, simulate_messages, simulation_definition
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ESTIMATORS = ("cuped", "cupac", "mlrate", "lin_crespo", "adjusted")

@@ -28,7 +28,7 @@ from state.registry import Registry
 from state.store import connect, partition_count, read_counters
 from stream.kafka import ensure_topics, make_producer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.embedded import start_broker, start_redis
+from workers.dev.embedded import start_broker, start_redis
 from workers.settings import Settings, to_env
 
 DEFINITION = {"id": "fresh", "variations": ["control", "treatment"],

@@ -24,7 +24,7 @@ from state import history, keys
 from state.registry import Registry
 from state.results import experiment_document
 from state.store import connect
-from workers.embedded import start_redis
+from workers.dev.embedded import start_redis
 
 DAY = 86400.0
 T0 = 1_790_000_000.0  # the experiment's start, simulated

@@ -26,7 +26,7 @@ from state.store import PartitionStore, connect, partition_count, read_counters
 from stream.batch import BatchBuilder, RawRecord, Topics
 from stream.kafka import TopicPartition, ensure_topics, make_consumer, make_producer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.embedded import start_broker, start_redis
+from workers.dev.embedded import start_broker, start_redis
 from workers.ingest import IngestWorker
 from workers.settings import Settings, to_env
 

@@ -12,7 +12,7 @@ import time
 import uuid
 
 from stream.kafka import TopicPartition, ensure_topics, make_consumer, make_producer
-from workers.embedded import start_broker
+from workers.dev.embedded import start_broker
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Online learner: cupac's variance reduction vs an oracle, and learner throughput.
 
 For each model kind, a simulated stream of exposed units with a nonlinear outcome model
-(:mod:`workers.learner_sim`: threshold + interaction) goes through the learner path in one
+(:mod:`workers.dev.learner_sim`: threshold + interaction) goes through the learner path in one
 process: a warm-up of historical units, then ŷ frozen at each exposure from the latest
-snapshot of the :class:`~workers.online_model.OnlineModel`, which learns units as their
+snapshot of the :class:`~workers.learner.online_model.OnlineModel`, which learns units as their
 outcome windows close. Reported per kind: cupac's variance reduction (vs ``diff``), the
 oracle's (the true E[y|x] as covariate), their ratio, the prediction–outcome correlation,
 progressive R², and learn throughput (examples/s, progressive validation included, one
@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from workers.learner_sim import coverage_run, efficiency, summarize_runs, warm_model
+from workers.dev.learner_sim import coverage_run, efficiency, summarize_runs, warm_model
 
 
 def run(units: int = 100_000, warmup: int = 10_000, kinds: str = "linear,tree",

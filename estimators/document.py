@@ -58,6 +58,8 @@ class Estimator(msgspec.Struct, kw_only=True):
     control_se: Number = None
     adjusted_p_value: Number = None  # after the correction across metrics × treatments
     adjusted_seq_p_value: Number = None
+    slice_bh_p_value: Number = None  # BH across a dimension's values (estimators.slices)
+    slice_bh_seq_p_value: Number = None
     biased: bool = False
     note: str | None = None
 
@@ -74,7 +76,7 @@ class CovariateCheck(msgspec.Struct, kw_only=True):
 class Bayes(msgspec.Struct, kw_only=True):
     """Posterior means and decision quantities (``estimators.bayes``)."""
 
-    model: str = ""
+    model: str | None = ""  # None: no Bayesian model (quantile metrics)
     estimator: str = ""
     control_posterior_mean: Number = None
     treatment_posterior_mean: Number = None
@@ -99,6 +101,7 @@ class Comparison(msgspec.Struct, kw_only=True):
     power: dict[str, Any] | None = None
     selection: dict[str, Any] | None = None
     proxy: dict[str, Any] | None = None
+    power_note: str | None = None  # why ``power`` is null (quantile metrics)
 
     def primary_estimate(self) -> Estimator | None:
         """The recommended estimator's numbers (None when filtered out)."""
@@ -111,6 +114,11 @@ class MetricResult(msgspec.Struct, kw_only=True):
     metric: str
     kind: str = ""
     comparisons: list[Comparison] = []
+    # kind ``quantile`` (estimators.quantiles): the quantile of metric ``of`` compared
+    quantile: Number = None
+    of: str | None = None
+    accuracy: Number = None
+    histogram_buckets: dict[str, int] | None = None
 
 
 class Variation(msgspec.Struct, kw_only=True):

@@ -22,6 +22,8 @@
 --   counters  (field, increment)
 --   last event time (number, or "" for none)
 --   per-experiment last event times (field "<experiment>:last_event_ts", number): maxima
+--   histograms (key_index, field, increment): quantile bucket counts (estimators/quantiles.py);
+--             a field whose count reaches 0 is deleted
 -- Returns {1} on success, {0, reason, detail} on refusal.
 
 local argi = 1
@@ -160,6 +162,15 @@ for i = 1, n do
   local field, ts = nextarg(), nextarg()
   if tonumber(ts) > tonumber(redis.call('HGET', KEYS[3], field) or '0') then
     redis.call('HSET', KEYS[3], field, ts)
+  end
+end
+
+-- quantile histograms: integer bucket counts (a unit's value change moves one count)
+n = tonumber(nextarg() or '0')
+for i = 1, n do
+  local key, field, incr = KEYS[tonumber(nextarg())], nextarg(), nextarg()
+  if redis.call('HINCRBY', key, field, incr) == 0 then
+    redis.call('HDEL', key, field)
   end
 end
 

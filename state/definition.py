@@ -36,7 +36,11 @@ import msgspec
 from estimators import defaults
 from state.limits import (
     CEILINGS,
+    DEFAULT_DIMENSION_VALUES,
     DEFAULT_LIMITS,
+    MAX_ATTRIBUTE_LENGTH,
+    MAX_DIMENSION_VALUES,
+    MAX_DIMENSIONS,
     DefinitionError,
     DefinitionLimits,
     check_columns,
@@ -44,7 +48,13 @@ from state.limits import (
     decode_definition_text,
     show,
 )
-from state.naming import ID_PATTERN, ID_REGEX, has_predictions, prediction_column
+from state.naming import (
+    ID_PATTERN,
+    ID_REGEX,
+    has_predictions,
+    pre_period_column,
+    prediction_column,
+)
 
 __all__ = [
     "AGGREGATES",
@@ -55,6 +65,7 @@ __all__ = [
     "CandidateDef",
     "DefinitionError",
     "DefinitionLimits",
+    "DimensionDef",
     "ExperimentDef",
     "MetricDef",
     "RatioDef",
@@ -63,7 +74,7 @@ __all__ = [
     "parse_definition_text",
 ]
 
-Aggregate = Literal["binary", "count", "sum"]
+Aggregate = Literal["binary", "count", "sum", "quantile"]
 CandidateAggregate = Literal["count", "sum"]
 Model = Literal["linear", "logistic", "tree", "forest"]
 Status = Literal["running", "stopped"]
@@ -91,6 +102,10 @@ class MetricDef:
     cap: float | None = None
     mde: float | None = None  # target relative MDE (power and time to decision)
     higher_is_better: bool = True  # desired direction (verdict, guardrail harm)
+    # aggregate quantile (estimators.quantiles): the unit value is the sum of its events'
+    # values; these quantiles of it are compared, from log-bucket histograms of this accuracy
+    quantiles: tuple[float, ...] = ()
+    accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,15 @@ class CandidateDef:
     name: str
     event: str
     aggregate: CandidateAggregate
+
+
+@dataclass(frozen=True)
+class DimensionDef:
+    """A slice dimension: an exposure attribute with at most ``max_values`` kept values
+    (first come, first kept; beyond → ``(other)``, missing → ``(none)``)."""
+
+    name: str
+    max_values: int = DEFAULT_DIMENSION_VALUES
 
 
 @dataclass(frozen=True)
@@ -142,10 +166,11 @@ class ExperimentDef:
     prior: PriorKind = "fixed"  # ``prior: {kind: empirical}``: σ from finished experiments
     in_experiment_selection: SelectionKind = "balance"  # ``{kind: fisher}``: pre-selection
     min_runtime_seconds: float | None = None  # verdict: minimum runtime before deciding
+    dimensions: tuple[DimensionDef, ...] = ()  # slices (stream/slices.py)
 
     def __post_init__(self) -> None:
         for name in ("variations", "weights", "metrics", "ratios", "covariates", "pre_period",
-                     "in_experiment", "guardrails"):
+                     "in_experiment", "guardrails", "dimensions"):
             value = getattr(self, name)
             if isinstance(value, builtins.list):
                 object.__setattr__(self, name, tuple(value))
@@ -169,8 +194,10 @@ class ExperimentDef:
 
     @property
     def primary(self) -> str:
-        """The primary metric's name: ``primary_metric``, else the first metric."""
-        return self.primary_metric or self.metrics[0].name
+        """The primary metric's name: ``primary_metric``, else the first metric (the first
+        mean metric: quantile metrics are not verdict inputs)."""
+        means = [m.name for m in self.metrics if m.aggregate != "quantile"]
+        return self.primary_metric or (means or [self.metrics[0].name])[0]
 
     def targets(self) -> dict[str, float]:
         """Metric or ratio name → its target relative MDE (those that declare one)."""
@@ -200,7 +227,9 @@ class ExperimentDef:
             "variations": builtins.list(self.variations),
             "weights": builtins.list(self.weights),
             "metrics": [{"name": m.name, "event": m.event, "aggregate": m.aggregate,
-                         "cap": m.cap, "mde": m.mde, "higher_is_better": m.higher_is_better}
+                         "cap": m.cap, "mde": m.mde, "higher_is_better": m.higher_is_better,
+                         **({"quantiles": builtins.list(m.quantiles), "accuracy": m.accuracy}
+                            if m.aggregate == "quantile" else {})}
                         for m in self.metrics],
             "ratios": [{"name": r.name, "numerator": r.numerator, "denominator": r.denominator,
                         "mde": r.mde, "higher_is_better": r.higher_is_better}
@@ -226,6 +255,8 @@ class ExperimentDef:
             "prior": {"kind": self.prior},
             "in_experiment_selection": {"kind": self.in_experiment_selection},
             "min_runtime_seconds": self.min_runtime_seconds,
+            "dimensions": [{"name": x.name, "max_values": x.max_values}
+                           for x in self.dimensions],
         }
 
     def to_json(self) -> bytes:
@@ -369,10 +400,11 @@ def _time(path: str, x: Any) -> float:
 
 
 def _metric(path: str, x: Any) -> MetricDef:
-    d = _mapping(path, x, ("name", "event", "aggregate", "cap", "mde", "higher_is_better"),
-                 ("name", "event", "aggregate"))
+    d = _mapping(path, x, ("name", "event", "aggregate", "cap", "mde", "higher_is_better",
+                           *QUANTILE_FIELDS), ("name", "event", "aggregate"))
     cap, mde, hib = d.get("cap"), d.get("mde"), d.get("higher_is_better")
-    return MetricDef(name=_ident(f"{path}.name", d["name"]),
+    qs, acc = _quantile_fields(path, d)
+    return MetricDef(name=_ident(f"{path}.name", d["name"]), quantiles=qs, accuracy=acc,
                      event=_str(f"{path}.event", d["event"]),
                      aggregate=cast(Aggregate, _choice(f"{path}.aggregate", d["aggregate"],
                                                        AGGREGATES)),
@@ -410,6 +442,19 @@ def _candidate(path: str, x: Any) -> CandidateDef:
                         aggregate=cast(CandidateAggregate, agg))
 
 
+def _dimension(path: str, x: Any) -> DimensionDef:
+    """``country`` (the default cap) or ``{name: country, max_values: 50}``."""
+    if isinstance(x, str):
+        return DimensionDef(_str(path, x))
+    d = _mapping(path, x, ("name", "max_values"), ("name",))
+    most = d.get("max_values", DEFAULT_DIMENSION_VALUES)
+    if isinstance(most, bool) or not isinstance(most, int) or not 1 <= most <= \
+            MAX_DIMENSION_VALUES:
+        raise _fail(f"{path}.max_values", f"must be an integer in 1..{MAX_DIMENSION_VALUES}, "
+                    f"got {show(most)}")
+    return DimensionDef(_str(f"{path}.name", d["name"]), most)
+
+
 def _optional(d: Mapping[str, Any], key: str, conv: Callable[[str, Any], _T]) -> _T | None:
     v = d.get(key)
     return None if v is None else conv(key, v)
@@ -438,7 +483,7 @@ def parse_definition(data: Mapping[str, Any],
     kw["weights"] = () if weights is None else _items("weights", weights, _positive)
     lists: dict[str, Callable[[str, Any], Any]] = {
         "ratios": _ratio, "covariates": _str, "pre_period": _str,
-        "in_experiment": _candidate, "guardrails": _str,
+        "in_experiment": _candidate, "guardrails": _str, "dimensions": _dimension,
     }
     for key, conv in lists.items():
         if data.get(key) is not None:
@@ -474,6 +519,8 @@ def _check_bounds(d: ExperimentDef, limits: DefinitionLimits) -> None:
              "covariates": len(d.covariates)}
     if has_predictions(d):
         parts["model predictions"] = len(d.metrics)
+    if d.pre_period:
+        parts["pre-period covariates"] = len(d.pre_period)
     check_columns(parts, limits)
 
 
@@ -519,6 +566,7 @@ def _validate(d: ExperimentDef) -> None:
             _positive(f"{p}.cap", m.cap)
         if m.mde is not None:
             _positive(f"{p}.mde", m.mde)
+        _check_quantile_metric(p, m)
         claim(f"{p}.name", m.name)
         metric_aggs[m.name] = m.aggregate
     for i, r in enumerate(d.ratios):
@@ -553,11 +601,23 @@ def _validate(d: ExperimentDef) -> None:
                         f"{', '.join(metric_aggs)}")
         if name in d.pre_period[:i]:
             raise _fail(f"pre_period[{i}]", f"duplicate {show(name)}")
+    for i, name in enumerate(d.pre_period):
+        claim(f"pre_period[{i}]", pre_period_column(name))
     lookback = _number("lookback_seconds", d.lookback_seconds)
     if lookback < 0:
         raise _fail("lookback_seconds", f"must be >= 0, got {lookback}")
     if d.pre_period and lookback <= 0:
         raise _fail("lookback_seconds", "must be > 0 when pre_period metrics are given")
+
+    if len(d.dimensions) > MAX_DIMENSIONS:
+        raise _fail("dimensions", f"{len(d.dimensions)} dimensions; the limit is "
+                    f"{MAX_DIMENSIONS}")
+    for i, dim in enumerate(d.dimensions):
+        if len(dim.name) > MAX_ATTRIBUTE_LENGTH:
+            raise _fail(f"dimensions[{i}].name", f"longer than {MAX_ATTRIBUTE_LENGTH} "
+                        f"characters (the attribute bound)")
+        if dim.name in [x.name for x in d.dimensions[:i]]:
+            raise _fail(f"dimensions[{i}]", f"duplicate {show(dim.name)}")
 
     if d.start is not None:
         _number("start", d.start)
@@ -567,6 +627,7 @@ def _validate(d: ExperimentDef) -> None:
         raise _fail("end", f"must be after start ({d.end} <= {d.start})")
     _choice("status", d.status, STATUSES)
     analysable = set(metric_aggs) | {r.name for r in d.ratios}
+    _check_quantile_roles(d)
     if d.primary_metric is not None and d.primary_metric not in analysable:
         raise _fail("primary_metric", f"{show(d.primary_metric)} is not a metric or ratio")
     for i, g in enumerate(d.guardrails):
@@ -614,3 +675,65 @@ def parse_definition_text(text: bytes, fmt: Literal["yaml", "json"], source: str
         raise DefinitionError(f"{source}: expected a mapping at the top level, "
                               f"got {_type_name(data)}")
     return parse_definition(data, limits)
+
+
+# --------------------------------------------------------------------------- quantile metrics
+
+QUANTILE_FIELDS = ("q", "quantiles", "accuracy")
+MAX_QUANTILES = 10  # per metric
+
+
+def _quantile_fields(path: str, d: Mapping[str, Any]) -> tuple[tuple[float, ...], float | None]:
+    """``q: 0.9`` and/or ``quantiles: [0.5, 0.9]`` (merged, sorted) and ``accuracy``."""
+    qs: list[float] = []
+    if d.get("q") is not None:
+        qs.append(_number(f"{path}.q", d["q"]))
+    if d.get("quantiles") is not None:
+        raw = d["quantiles"]
+        if not isinstance(raw, list | tuple):
+            raise _fail(f"{path}.quantiles", "must be a list of numbers in (0, 1)")
+        qs += [_number(f"{path}.quantiles[{i}]", v) for i, v in enumerate(raw)]
+    acc = d.get("accuracy")
+    return tuple(sorted(set(qs))), None if acc is None else _number(f"{path}.accuracy", acc)
+
+
+def _check_quantile_metric(p: str, m: MetricDef) -> None:
+    """A quantile metric names 1..MAX_QUANTILES quantiles in (0, 1) and an accuracy in
+    [MIN_ACCURACY, MAX_ACCURACY]; other aggregates take neither."""
+    from estimators.quantiles import MAX_ACCURACY, MIN_ACCURACY
+
+    if m.aggregate != "quantile":
+        if m.quantiles:
+            raise _fail(f"{p}.quantiles", "only quantile metrics (aggregate: quantile) take q")
+        if m.accuracy is not None:
+            raise _fail(f"{p}.accuracy", "only quantile metrics (aggregate: quantile) take it")
+        return
+    if not m.quantiles:
+        raise _fail(f"{p}.q", "a quantile metric needs q (e.g. 0.9) or quantiles: [0.5, 0.9]")
+    if len(m.quantiles) > MAX_QUANTILES:
+        raise _fail(f"{p}.quantiles", f"at most {MAX_QUANTILES} quantiles per metric, got "
+                                      f"{len(m.quantiles)}")
+    for i, q in enumerate(m.quantiles):
+        if not (isinstance(q, float | int) and math.isfinite(q) and 0.0 < q < 1.0):
+            raise _fail(f"{p}.quantiles[{i}]", f"must be in (0, 1) (exclusive), got {q!r}")
+    if m.accuracy is not None and not (
+            isinstance(m.accuracy, float | int) and MIN_ACCURACY <= m.accuracy <= MAX_ACCURACY):
+        raise _fail(f"{p}.accuracy", f"must be in [{MIN_ACCURACY}, {MAX_ACCURACY}] (relative "
+                                     f"accuracy of the histogram), got {m.accuracy!r}")
+    if m.cap is not None:
+        raise _fail(f"{p}.cap", "quantile metrics are not capped (quantiles are robust)")
+    if m.mde is not None:
+        raise _fail(f"{p}.mde", "a target MDE is supported for mean metrics only")
+
+
+def _check_quantile_roles(d: ExperimentDef) -> None:
+    """The verdict reads mean metrics' documents: a quantile metric cannot be the primary
+    metric or a guardrail (it would be skipped)."""
+    quantile = {m.name for m in d.metrics if m.aggregate == "quantile"}
+    if d.primary_metric in quantile:
+        raise _fail("primary_metric", f"{d.primary_metric!r} is a quantile metric; the "
+                                      f"verdict uses mean metrics and ratios")
+    for i, g in enumerate(d.guardrails):
+        if g in quantile:
+            raise _fail(f"guardrails[{i}]", f"{g!r} is a quantile metric; guardrails are "
+                                            f"mean metrics and ratios")

@@ -14,6 +14,7 @@ Redis Cluster slot; a query merges all partitions.
 | ``ls:{p}:c`` | hash | counters (exposures, withdrawn units, refused batches, …) |
 | ``ls:{p}:warn`` | hash | ``code → detail`` of conditions that make results incomplete |
 | ``ls:{p}:oor`` | hash | ``topic → stored offset`` found outside the log (until a reset) |
+| ``ls:{p}:h:<exp>:<variation>`` | hash | ``<metric>:<bucket> → count`` quantile histograms |
 | ``ls:meta`` | hash | ``partitions`` — the topic partition count the workers run with |
 """
 
@@ -171,3 +172,34 @@ def alerter_lease() -> str:
 def finished() -> str:
     """Hash of stopped experiments' summaries (empirical-Bayes prior, Fisher pre-selection)."""
     return f"{PREFIX}:finished"
+
+
+def histograms(partition: int, experiment: str, variation: str) -> str:
+    """Quantile metrics' log-bucket histograms of one (partition, experiment, variation):
+    field ``<metric>:<bucket>`` (bucket ``z``, ``p<i>``, ``n<i>``) → integer count."""
+    return f"{tag(partition)}:h:{experiment}:{variation}"
+
+
+# --- dimension slices (DESIGN §2 "Slices and pre-periods"; state/slices.py) -------------
+#
+# | key | type | holds |
+# |---|---|---|
+# | ``ls:{p}:sm:<exp>:<dim>`` | hash | ``msgpack [variation, value] → packed moment matrix`` |
+# | ``ls:{p}:us:<exp>:<b>`` | hash | ``unit → msgpack list`` of its kept dimension values |
+# | ``ls:dv:{<exp>}:<dim>`` | hash | ``value → order kept`` (first come, first kept; global, |
+# |   assigned by ``assign_values.lua`` before a batch is built, so every partition agrees) |
+
+
+def slice_matrices(partition: int, experiment: str, dimension: str) -> str:
+    """Hash of one dimension's moment matrices per (variation, value) in a partition."""
+    return f"{tag(partition)}:sm:{experiment}:{dimension}"
+
+
+def unit_slices(partition: int, experiment: str, bucket: int) -> str:
+    """Hash ``unit → its dimension values`` (as kept at its first exposure), bucketed."""
+    return f"{tag(partition)}:us:{experiment}:{bucket}"
+
+
+def dimension_values(experiment: str, dimension: str) -> str:
+    """Hash of one dimension's kept values, shared by every partition."""
+    return f"{PREFIX}:dv:{{{experiment}}}:{dimension}"

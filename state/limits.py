@@ -26,11 +26,19 @@ from typing import Any, Final, Literal
 
 import yaml
 
-__all__ = ["CEILINGS", "DEFAULT_LIMITS", "MAX_MESSAGE", "DefinitionError", "DefinitionLimits",
+__all__ = ["CEILINGS", "DEFAULT_DIMENSION_VALUES", "DEFAULT_LIMITS", "MAX_ATTRIBUTES",
+           "MAX_ATTRIBUTE_LENGTH", "MAX_DIMENSIONS", "MAX_DIMENSION_VALUES", "MAX_MESSAGE",
+           "DefinitionError", "DefinitionLimits",
            "bounded", "check_columns", "check_counts", "check_text_size",
            "decode_definition_text", "refuse_duplicate_json_keys", "show"]
 
 MAX_MESSAGE: Final = 500
+# dimension slices (DESIGN §2 "Slices and pre-periods"): fixed bounds, not settings
+MAX_DIMENSIONS: Final = 8  # dimensions per definition
+DEFAULT_DIMENSION_VALUES: Final = 50  # kept values of a dimension given by plain name
+MAX_DIMENSION_VALUES: Final = 1000  # the largest max_values a dimension may declare
+MAX_ATTRIBUTES: Final = 32  # string attributes per exposure message
+MAX_ATTRIBUTE_LENGTH: Final = 128  # characters of an attribute name or value
 _ENV_PREFIX: Final = "LIFTSTREAM_"  # workers.settings reads the bound of the same name
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from state import keys
+from state import keys, snapshot_pickle
 from state.naming import legacy_model_id, parse_model_id
 from state.store import Client
 
@@ -147,7 +147,7 @@ class ModelRegistry:
         if not hmac.compare_digest(expected, env.signature) or env.header.version != v \
                 or env.header.model_id != model_id:
             raise SignatureError(f"model {model_id!r} v{v}: signature does not verify")
-        return LoadedModel(env.header, pickle.loads(env.payload))  # signature verified above
+        return LoadedModel(env.header, snapshot_pickle.loads(env.payload))  # verified above
 
     def headers(self) -> list[SnapshotHeader]:
         """The latest header of every model (for ``liftstream models``)."""

@@ -72,7 +72,16 @@ def column_names(d: _Definition) -> tuple[str, ...]:
     names += list(d.covariates)
     if has_predictions(d):
         names += [prediction_column(m.name) for m in d.metrics]
+    names += [pre_period_column(m) for m in getattr(d, "pre_period", ())]
     return tuple(names)
+
+
+PRE_PERIOD_PREFIX: Final = "pre_"
+
+
+def pre_period_column(metric: str) -> str:
+    """Column (and covariate) name of a metric's own pre-exposure value: ``pre_<metric>``."""
+    return f"{PRE_PERIOD_PREFIX}{metric}"
 
 
 def model_id(experiment: str, metric: str) -> str:

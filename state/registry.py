@@ -28,6 +28,7 @@ from state.definition import (
     CandidateDef,
     DefinitionError,
     DefinitionLimits,
+    DimensionDef,
     ExperimentDef,
     MetricDef,
     RatioDef,
@@ -55,6 +56,7 @@ __all__ = [
     "CandidateDef",
     "DefinitionError",
     "DefinitionLimits",
+    "DimensionDef",
     "ExperimentDef",
     "ExperimentExists",
     "MetricDef",
@@ -83,7 +85,7 @@ def _layout_of(d: ExperimentDef, name: str) -> Any:
     """A layout field; for metrics only what lays out storage (``mde`` and
     ``higher_is_better`` steer the analysis and may change)."""
     if name == "metrics":
-        return tuple((m.name, m.event, m.aggregate, m.cap) for m in d.metrics)
+        return tuple((m.name, m.event, m.aggregate, m.cap, m.accuracy) for m in d.metrics)
     return getattr(d, name)
 
 

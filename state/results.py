@@ -14,6 +14,8 @@ from estimators.analysis import AnalysisSettings, analyze_metric
 from estimators.decision import decide_document
 from estimators.empirical_bayes import finished_record
 from estimators.moments import MomentMatrix
+from estimators.quantiles import from_fields
+from estimators.quantiles import metric_documents as quantile_metric_documents
 from estimators.report import Correction, slice_document
 from state import finished, history
 from state.definition import ExperimentDef
@@ -24,6 +26,7 @@ from state.store import (
     Client,
     partition_count,
     read_counters,
+    read_histograms,
     read_matrices,
     read_partition_warnings,
 )
@@ -40,9 +43,10 @@ def experiment_matrices(client: Client, d: ExperimentDef) -> dict[str, MomentMat
 
 
 def experiment_document(client: Client, d: ExperimentDef,
-                        correction: Correction | None = None, now: float | None = None
-                        ) -> dict[str, Any]:
-    """The result document (same shape as ``liftstream analyze``) plus live counters."""
+                        correction: Correction | None = None, now: float | None = None,
+                        by: str | None = None) -> dict[str, Any]:
+    """The result document (same shape as ``liftstream analyze``) plus live counters;
+    with ``by``, one slice per value of that dimension (state.slice_results)."""
     lay = ExperimentLayout.of(d)
     arms = experiment_matrices(client, d)
     settings = lay.analysis_settings()
@@ -58,6 +62,7 @@ def experiment_document(client: Client, d: ExperimentDef,
     power.annotate(doc, d.alpha, d.sequential_tuning, d.targets(), elapsed,
                    None if elapsed is not None else _since(client, d.id, now))
     parts = range(partition_count(client))
+    doc["metrics"] += quantile_documents(client, d, lay, parts)
     counters = read_counters(client, parts)
     prefix = f"{d.id}:"
     doc["counters"] = {k[len(prefix):]: int(v) for k, v in counters.items()
@@ -70,7 +75,18 @@ def experiment_document(client: Client, d: ExperimentDef,
     window = {"start": d.start, "end": d.end, "interval": "[start, end)",
               "phase": phase(d.status, d.start, d.end, time.time())}
     return {"experiment": d.id, "window": window, "warnings": warnings,
-            "decision": verdict.as_dict(), **learned_docs, "slices": [doc]}
+            "decision": verdict.as_dict(), **learned_docs,
+            "slices": [doc] if by is None else _by(client, d, by, correction, doc)}
+
+
+def _by(client: Client, d: ExperimentDef, by: str, correction: Correction | None,
+        whole: dict[str, Any]) -> list[dict[str, Any]]:
+    from state.slice_results import dimension_slices
+
+    out = dimension_slices(client, d, by, correction)
+    for sl in out:  # the experiment's freshness, as the whole document has it
+        sl["freshness"] = whole["freshness"]
+    return out
 
 
 def elapsed_seconds(d: ExperimentDef, now: float) -> float | None:
@@ -132,12 +148,27 @@ def _learned(client: Client, d: ExperimentDef, settings: AnalysisSettings, specs
 
 def experiment_document_with(client: Client, d: ExperimentDef,
                              correction: Correction | None = None,
-                             alpha: float | None = None) -> dict[str, Any]:
+                             alpha: float | None = None, by: str | None = None
+                             ) -> dict[str, Any]:
     """:func:`experiment_document` with the definition's ``alpha`` optionally overridden.
 
     ``alpha`` changes every CI, the anytime-valid intervals and the Bayesian credible
     intervals; ``ValueError`` if it is not in (0, 1).
     """
     if alpha is None or alpha == d.alpha:
-        return experiment_document(client, d, correction)
-    return experiment_document(client, replace(d, alpha=alpha), correction)
+        return experiment_document(client, d, correction, by=by)
+    return experiment_document(client, replace(d, alpha=alpha), correction, by=by)
+
+
+def quantile_documents(client: Client, d: ExperimentDef, lay: ExperimentLayout,
+                       parts: range) -> list[dict[str, Any]]:
+    """The quantile metrics' documents from every partition's histograms."""
+    specs = lay.quantile_specs()
+    if not specs:
+        return []
+    stored = read_histograms(client, d.id, list(d.variations), parts)
+    acc = {s.name: s.accuracy for s in specs}
+    hists = {v: {m: from_fields(f, acc[m]) for m, f in per.items() if m in acc}
+             for v, per in stored.items()}
+    return quantile_metric_documents(specs, list(d.variations), hists, d.alpha,
+                                     d.sequential_tuning)

@@ -51,6 +51,14 @@ class BatchWrite:
     last_event_ts: float | None = None
     # experiment → newest event time routed to it in this batch (its own freshness)
     experiment_last_ts: dict[str, float] = field(default_factory=dict)
+    # quantile histograms: (experiment, variation) → "<metric>:<bucket>" → count change
+    histograms: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    # dimension slices (stream/slices.py): (experiment, dimension, field) → (shift, delta),
+    # applied in the matrices section like the whole experiment's; units' kept values
+    slice_matrices: dict[tuple[str, str, bytes], tuple[FloatArray, FloatArray]] = field(
+        default_factory=dict)
+    slice_matrix_bases: dict[tuple[str, str, bytes], FloatArray] = field(default_factory=dict)
+    unit_slices: dict[tuple[str, int, str], bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -206,12 +214,15 @@ class PartitionStore:
         args: list[Any] = [w.epoch, len(w.offsets)]
         for topic, expected, nxt in w.offsets:
             args += [topic, "" if expected is None else expected, nxt]
-        args.append(len(w.matrices))
+        args.append(len(w.matrices) + len(w.slice_matrices))
         for (exp, variation), (shift, delta) in w.matrices.items():
             base = w.matrix_bases.get((exp, variation))
             args += [k(keys.matrices(p, exp)), variation, len(shift), pack(shift, delta),
                      "" if base is None else pack_shift(base)]
-        sets = [(keys.units(p, e, b), u, v) for (e, b, u), v in w.units.items()]
+        args += _slice_matrix_args(w, k)
+        sets: list[tuple[str, str, bytes]] = [
+            (keys.units(p, e, b), u, v) for (e, b, u), v in w.units.items()]
+        sets += [(keys.unit_slices(p, e, b), u, v) for (e, b, u), v in w.unit_slices.items()]
         sets += [(keys.pending(p), u, v) for u, v in w.pending_set.items()]
         args.append(len(sets))
         for key, f, v in sets:
@@ -236,12 +247,27 @@ class PartitionStore:
         args.append(len(w.experiment_last_ts))
         for exp, ts in w.experiment_last_ts.items():
             args += [keys.experiment_counter(exp, LAST_EVENT_TS), repr(float(ts))]
+        hist = [(keys.histograms(p, e, v), f, n) for (e, v), fields in w.histograms.items()
+                for f, n in fields.items() if n]
+        args.append(len(hist))
+        for key, f, n in hist:
+            args += [k(key), f, n]
         res = self._script(keys=key_list, args=args)
         if int(res[0]) == 1:
             return ApplyOutcome(True)
         reason = _text(res[1])
         detail = _text(res[2]) if len(res) > 2 else ""
         return ApplyOutcome(False, reason, detail)
+
+
+def _slice_matrix_args(w: BatchWrite, k: Any) -> list[Any]:
+    """Slice matrices as tuples of the script's matrices section (same shift checks)."""
+    args: list[Any] = []
+    for (exp, dim, fld), (shift, delta) in w.slice_matrices.items():
+        base = w.slice_matrix_bases.get((exp, dim, fld))
+        args += [k(keys.slice_matrices(w.partition, exp, dim)), fld, len(shift),
+                 pack(shift, delta), "" if base is None else pack_shift(base)]
+    return args
 
 
 def _text(value: Any) -> str:
@@ -307,4 +333,22 @@ def stored_offsets_all(client: Client, partitions: Iterable[int]) -> Mapping[int
     for p in partitions:
         raw: Any = client.hgetall(keys.offsets(p))
         out[p] = {_text(k): int(v) for k, v in raw.items()}
+    return out
+
+
+def read_histograms(client: Client, experiment: str, variations: Sequence[str],
+                    partitions: Iterable[int]) -> dict[str, dict[str, dict[str, int]]]:
+    """Quantile histograms summed over partitions: variation → metric → bucket → count."""
+    pipe = client.pipeline(transaction=False)
+    for p in partitions:
+        for v in variations:
+            pipe.hgetall(keys.histograms(p, experiment, v))
+    out: dict[str, dict[str, dict[str, int]]] = {v: {} for v in variations}
+    raws = pipe.execute()
+    for i, raw in enumerate(raws):
+        v = variations[i % len(variations)]
+        for f, n in raw.items():
+            metric, _, bucket = _text(f).rpartition(":")
+            per = out[v].setdefault(metric, {})
+            per[bucket] = per.get(bucket, 0) + int(n)
     return out

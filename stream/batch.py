@@ -43,13 +43,16 @@ import msgspec
 import numpy as np
 
 from estimators.moments import FloatArray, MomentMatrix
+from estimators.quantiles import DEFAULT_ACCURACY, histogram_delta
 from state import keys
 from state.layout import ExperimentLayout
 from state.store import BatchWrite, PartitionStore, StoreError
 from state.units import WITHDRAWN, UnitState
 from state.window import accepts, in_window
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
+from stream.preperiod import hold_extension, pre_columns
 from stream.shifts import initial_shift, next_shift, recentre_sums
+from stream.slices import SliceDeltas
 
 log = logging.getLogger("liftstream.batch")
 
@@ -141,6 +144,7 @@ class BatchBuilder:
         # (partition, experiment) → variation → the stored matrix as this builder last wrote it
         self._shifts: dict[tuple[int, str], dict[str, MomentMatrix]] = {}
         self._failing: dict[int, set[str]] = {}  # partition → experiments failing last batch
+        self.slices = SliceDeltas(store, buckets)  # dimension slices (stream/slices.py)
 
     def set_experiments(self, layouts: Mapping[str, ExperimentLayout]) -> None:
         self.layouts = dict(layouts)
@@ -155,6 +159,7 @@ class BatchBuilder:
         """Drop cached shifts of a partition (after losing it or a refused batch)."""
         for key in [k for k in self._shifts if k[0] == partition]:
             del self._shifts[key]
+        self.slices.forget(partition)
 
     # ------------------------------------------------------------------------------------
     def build(self, partition: int, epoch: int, records: Sequence[RawRecord],
@@ -414,6 +419,7 @@ class BatchBuilder:
         self._settle_held(p, w, held, held_stored, held_changed, current,
                           bool(held_stored or held_changed or exposures or events))
         self._deltas(p, w, initial, current)
+        self.slices.add(p, w, self.layouts, exposures, initial, current)
 
     def _failed_only(self, e: Event, failed: Collection[str]) -> bool:
         return bool(failed) and any(x in failed for x in self._routes.get(e.event, []))
@@ -439,7 +445,8 @@ class BatchBuilder:
             if held[u]:
                 w.pending_set[u] = _HELD.encode(held[u])
                 if u not in held_stored:  # the grace period runs from when first held
-                    w.pending_queue_add[u] = now
+                    w.pending_queue_add[u] = now + hold_extension(
+                        self.layouts, self._held_targets, held[u], self.grace)
             else:
                 held_changed.discard(u)
                 if u in held_stored:
@@ -490,7 +497,8 @@ class BatchBuilder:
         d = lay.definition
         if st.withdrawn:
             return st
-        if ts < st.exposed_at or not in_window(None, d.end, ts):
+        pre = pre_columns(lay, event, ts, st.exposed_at) if ts < st.exposed_at else ()
+        if not pre and (ts < st.exposed_at or not in_window(None, d.end, ts)):
             w.counters[f"{experiment}:events_outside_window"] += 1
             return st
         seen = st.seen
@@ -507,7 +515,7 @@ class BatchBuilder:
         if len(raw) != lay.width:
             raise ValueError(f"stored unit state of {experiment!r} has {len(raw)} columns; "
                              f"the definition has {lay.width} (its layout changed)")
-        for col in lay.event_columns[event]:
+        for col in pre or lay.event_columns[event]:  # pre-period events: pre_<metric> only
             raw[col] += 1.0 if lay.counts_events[col] else value
         if ts > w.experiment_last_ts.get(experiment, ts - 1.0):  # the experiment's freshness
             w.experiment_last_ts[experiment] = ts
@@ -592,8 +600,25 @@ class BatchBuilder:
             old_u = lay.unit_vectors(np.asarray(old, dtype=np.float64).reshape(-1, lay.width))
             shift, delta, base = self._shifted_delta(p, x, variation, new_u, old_u)
             w.matrices[(x, variation)] = (shift, delta)
+            self._histogram_deltas(w, x, variation, new_u, old_u)
             if base is not None:
                 w.matrix_bases[(x, variation)] = base
+
+    def _histogram_deltas(self, w: BatchWrite, experiment: str, variation: str,
+                          new_u: FloatArray, old_u: FloatArray) -> None:
+        """Quantile metrics: each touched unit's count moves from its old value's bucket to
+        its new one (estimators.quantiles), in the same atomic batch."""
+        lay = self.layouts[experiment]
+        for m in lay.definition.metrics:
+            if m.aggregate != "quantile":
+                continue
+            col = lay.columns.index(m.name)
+            delta = histogram_delta(new_u[:, col], old_u[:, col],
+                                    m.accuracy or DEFAULT_ACCURACY)
+            if delta:
+                fields = w.histograms.setdefault((experiment, variation), {})
+                for b, n in delta.items():
+                    fields[f"{m.name}:{b}"] = fields.get(f"{m.name}:{b}", 0) + n
 
     def _shifted_delta(self, p: int, experiment: str, variation: str, new_u: FloatArray,
                        old_u: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray | None]:

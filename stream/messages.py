@@ -24,11 +24,14 @@ from typing import Any, Final
 
 import msgspec
 
+from state.limits import MAX_ATTRIBUTE_LENGTH, MAX_ATTRIBUTES
 from state.naming import ID_PATTERN, ID_REGEX
 
 __all__ = [
     "EXPERIMENT_ID_PATTERN",
     "MAX_ABS_VALUE",
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_LENGTH",
     "MAX_COVARIATES",
     "MAX_ID_LENGTH",
     "MAX_MESSAGE_BYTES",
@@ -64,6 +67,7 @@ class Exposure(msgspec.Struct, frozen=True):
     variation: str
     ts: float
     covariates: dict[str, float] = msgspec.field(default_factory=dict)
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)  # dimension values
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -91,6 +95,7 @@ class _ExposureWire(msgspec.Struct):
     variation: str
     ts: float | str
     covariates: dict[str, float] = msgspec.field(default_factory=dict)
+    attributes: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class _EventWire(msgspec.Struct):
@@ -249,7 +254,23 @@ def _exposure(raw: bytes) -> Exposure:
             raise _Invalid(f"covariates: name longer than {MAX_ID_LENGTH} characters "
                            f"({len(name)})")
         _check_number(f"covariates.{name}", x)
-    return Exposure(w.experiment, w.unit, w.variation, ts, covs)
+    _check_attributes(w.attributes)
+    return Exposure(w.experiment, w.unit, w.variation, ts, covs, w.attributes)
+
+
+def _check_attributes(attrs: dict[str, str]) -> None:
+    """Dimension values: bounded count and lengths, non-empty names (DESIGN §2 slices)."""
+    if len(attrs) > MAX_ATTRIBUTES:
+        raise _Invalid(f"attributes: {len(attrs)} entries, more than {MAX_ATTRIBUTES}")
+    for name, value in attrs.items():
+        if not name:
+            raise _Invalid("attributes: empty attribute name")
+        if len(name) > MAX_ATTRIBUTE_LENGTH:
+            raise _Invalid(f"attributes: name longer than {MAX_ATTRIBUTE_LENGTH} characters "
+                           f"({len(name)})")
+        if len(value) > MAX_ATTRIBUTE_LENGTH:
+            raise _Invalid(f"attributes.{name}: value longer than {MAX_ATTRIBUTE_LENGTH} "
+                           f"characters ({len(value)})")
 
 
 def _event(raw: bytes) -> Event:

@@ -14,7 +14,7 @@ from estimators import power, sequential
 from estimators.analysis import MetricSpec, analyze_metric
 from estimators.moments import MomentMatrix
 from estimators.report import slice_document
-from workers.plan import plan_frame
+from workers.batch.plan import plan_frame
 
 Z = NormalDist().inv_cdf
 RUNS = 4000

@@ -27,7 +27,7 @@ from state.registry import Registry
 from state.store import Client, PartitionStore
 from stream.batch import BatchBuilder, RawRecord, Topics
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.embedded import free_port
+from workers.dev.embedded import free_port
 from workers.settings import Settings, to_env
 
 Message = tuple[str, bytes, bytes]  # kind ("exposures" | "events"), key, value
@@ -62,6 +62,7 @@ class Population:
     revenue_lift: tuple[float, ...] = (0.0, 0.0)  # additive, per variation
     signup_lift: tuple[float, ...] = (0.0, 0.0)  # additive on the probability
     seed: int = 0
+    platforms: tuple[str, ...] = ()  # attribute ``platform`` of unit i: platforms[i % k]
 
 
 def experiment_messages(pop: Population, first: int, count: int, t0: float = T0
@@ -82,8 +83,10 @@ def experiment_messages(pop: Population, first: int, count: int, t0: float = T0
         unit = f"{pop.experiment}-u{first + i}"
         ts = t0 + first + i
         key = unit.encode()
+        attrs = ({"platform": pop.platforms[(first + i) % len(pop.platforms)]}
+                 if pop.platforms else {})
         out.append(("exposures", key, encode_exposure(Exposure(
-            pop.experiment, unit, pop.variations[v[i]], ts, {"x": float(x[i])}))))
+            pop.experiment, unit, pop.variations[v[i]], ts, {"x": float(x[i])}, attrs))))
         out.append(("events", key, encode_event(Event(unit, "purchase", ts + 1.0,
                                                       float(revenue[i])))))
         if signed[i]:

@@ -13,7 +13,7 @@ import pytest
 
 from stream.kafka import ensure_topics
 from tests.support.fixtures import redis_server, redis_url  # noqa: F401 (fixtures)
-from workers.embedded import (
+from workers.dev.embedded import (
     Broker,
     RedisCluster,
     start_broker,

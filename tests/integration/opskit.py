@@ -22,7 +22,7 @@ from state.results import experiment_matrices
 from state.store import Client
 from stream.messages import Event, Exposure, encode_event, encode_exposure
 from tests.support.workers import WorkerThread
-from workers.api import create_app, resolve_auth
+from workers.api.app import create_app, resolve_auth
 from workers.settings import Settings
 
 from .streaming import settings_env

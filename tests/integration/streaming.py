@@ -26,7 +26,8 @@ from state.units import UnitState
 from stream.kafka import ensure_topics, make_producer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
 from tests.support.workers import publish, worker_thread  # noqa: F401 (re-exported)
-from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
 from workers.settings import ENV_PREFIX, Settings, env_name
 
 

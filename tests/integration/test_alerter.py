@@ -18,8 +18,10 @@ from state.definition import parse_definition
 from state.registry import Registry
 from state.store import Client, connect
 from stream.kafka import TopicPartition, make_consumer
-from workers.alerter import Alert, Alerter, KafkaAlertSink, WebhookSink
-from workers.embedded import Broker
+from workers.alerter.rules import Alert
+from workers.alerter.service import Alerter
+from workers.alerter.sinks import KafkaAlertSink, WebhookSink
+from workers.dev.embedded import Broker
 from workers.settings import Settings
 
 from .apikit import DirectIngest, Population, experiment_definition, experiment_messages

@@ -19,9 +19,9 @@ from state.definition import parse_definition
 from state.registry import REGISTRY_KEY, Registry
 from state.results import experiment_document_with
 from state.store import connect
-from workers.alerter import Alerter
-from workers.api import Auth, create_app, resolve_auth, shape_results
-from workers.cache import SingleFlightCache
+from workers.alerter.service import Alerter
+from workers.api.app import Auth, create_app, resolve_auth, shape_results
+from workers.api.cache import SingleFlightCache
 from workers.settings import Settings
 
 from .apikit import (

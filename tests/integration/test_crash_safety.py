@@ -28,7 +28,7 @@ from state.registry import Registry
 from state.results import experiment_document
 from state.store import Client, read_counters
 from tests.support.quiescence import wait_quiescent
-from workers.embedded import Broker
+from workers.dev.embedded import Broker
 
 from .conftest import unique
 from .streaming import (

@@ -20,8 +20,8 @@ import pytest
 
 from state.definition import parse_definition
 from state.registry import Registry
-from workers.alerter import Alerter
-from workers.embedded import Broker
+from workers.alerter.service import Alerter
+from workers.dev.embedded import Broker
 
 from .apikit import (
     Population,
@@ -135,6 +135,51 @@ def check_chart(page: dict[str, Any]) -> None:
     assert adj < raw
 
 
+#: The slice table of the latest render, read in one script (as :data:`READ_PAGE`).
+READ_SLICES = """
+const txt = (root, css) => { const e = root.querySelector(css); return e ? e.innerText : null; };
+const sel = document.getElementById("slice-dim");
+const out = {metric: document.body.dataset.renderedMetric || null,
+             dim: sel ? sel.value : null, rows: {}};
+for (const tr of document.querySelectorAll("#slice-table tr[data-slice]")) {
+  out.rows[tr.dataset.slice] = {n: txt(tr, 'td[data-k="n"]'),
+    effect: txt(tr, 'td[data-k="effect"]'), ci: txt(tr, 'td[data-k="ci"]')};
+}
+return out;
+"""
+
+
+def check_slices(browser: Any, wait: Any, url: str, exp: str) -> None:
+    """The slice selector asks the API for ``?by=platform`` and shows one row per value with
+    the API's effect, CI and BH-adjusted p of the shown metric's recommended estimator."""
+    # chosen in the page's own thread (no handle to a select a redraw may have replaced)
+    browser.execute_script(
+        'const s = document.getElementById("slice-dim"); s.value = "platform";'
+        ' s.dispatchEvent(new Event("change", {bubbles: true}));')
+    page = wait.until(lambda d: (p := d.execute_script(READ_SLICES))["dim"] == "platform"
+                      and len(p["rows"]) == 3 and p)
+    metric = page["metric"]
+    api = httpx.get(f"{url}/v1/experiments/{exp}/results", params={"by": "platform"},
+                    headers=auth(TOKEN)).json()
+    # kept first come, first kept: the order depends on which partition applied first
+    assert sorted(sl["by"]["platform"] for sl in api["slices"]) == ["android", "ios", "web"]
+    assert sorted(page["rows"]) == ["android", "ios", "web"]
+    for sl in api["slices"]:
+        value = sl["by"]["platform"]
+        comp = next(c for m in sl["metrics"] if m["metric"] == metric
+                    for c in m["comparisons"] if c["treatment"] == "treatment")
+        e = comp["estimators"][comp["primary"]]
+        row = page["rows"][value]
+        units = sum(v["n"] for v in sl["variations"])
+        assert row["n"] == f"{units:,}"
+        assert row["effect"] == js_fmt(e["effect"])
+        assert row["ci"] == js_ci(e["ci_low"], e["ci_high"])
+        assert e["slice_bh_p_value"] >= e["p_value"]  # BH never lowers a p-value
+    bad = httpx.get(f"{url}/v1/experiments/{exp}/results", params={"by": "country"},
+                    headers=auth(TOKEN))
+    assert bad.status_code == 404 and "platform" in bad.json()["detail"]
+
+
 def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
                                browser: Any) -> None:
     s = streaming_settings(broker.bootstrap, redis_url, unique("dash"),
@@ -143,8 +188,10 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
     create_topics(s)
     client = redis_client(s)
     exp = "checkout-redesign"
-    Registry(client).create(parse_definition(experiment_definition(exp)))
-    pop = Population(exp, revenue_lift=(0.0, 0.8), signup_lift=(0.0, 0.02), seed=7)
+    Registry(client).create(parse_definition(experiment_definition(
+        exp, dimensions=["platform"])))
+    pop = Population(exp, revenue_lift=(0.0, 0.8), signup_lift=(0.0, 0.02), seed=7,
+                     platforms=("ios", "android", "web"))
     alerter = Alerter(s, client, sinks=[])
     applied, t0 = 0, time.time() - CHUNKS * CHUNK - 5  # event times end about now
     with ingest_thread(s):
@@ -201,6 +248,8 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
             page = wait.until(lambda d: (p := read_page(d))["metric"] == "converted" and p)
             assert page["chart_metric"] == "converted"
             assert page["primary_effect"] == js_fmt(conv["effect"])
+
+            check_slices(browser, wait, server.url, exp)
 
             # without a token the page asks for one
             browser.execute_script("sessionStorage.clear()")

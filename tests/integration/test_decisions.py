@@ -13,8 +13,8 @@ from state.definition import parse_definition
 from state.registry import REGISTRY_KEY, Registry
 from state.results import experiment_document
 from state.store import connect
-from workers.alerter import Alerter
-from workers.api import create_app, resolve_auth
+from workers.alerter.service import Alerter
+from workers.api.app import create_app, resolve_auth
 from workers.settings import Settings
 
 from .apikit import DirectIngest, Population, experiment_definition, experiment_messages

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from estimators.decision import decide_document
-from workers.embedded import free_port
+from workers.dev.embedded import free_port
 
 CLI = str(Path(sys.executable).parent / "liftstream")
 

@@ -29,7 +29,7 @@ from stream.kafka import (
     partition_count,
     partition_counts,
 )
-from workers.embedded import (
+from workers.dev.embedded import (
     Broker,
     RedisCluster,
     start_redis,

@@ -11,8 +11,8 @@ from state.registry import Registry
 from state.results import experiment_document
 from state.store import Client, partition_count, read_counters
 from stream.messages import Event, encode_event, parse_event
-from workers.api import Auth, create_app
-from workers.embedded import Broker
+from workers.api.app import Auth, create_app
+from workers.dev.embedded import Broker
 
 from .apikit import Message, Population, experiment_definition, experiment_messages
 from .conftest import unique

@@ -15,9 +15,9 @@ from state.definition import parse_definition
 from state.registry import Registry
 from state.results import experiment_document
 from state.store import connect
-from workers.alerter import Alerter
-from workers.api import Auth, create_app
-from workers.history_recorder import HistoryRecorder
+from workers.alerter.service import Alerter
+from workers.api.app import Auth, create_app
+from workers.api.history_recorder import HistoryRecorder
 from workers.settings import Settings
 
 from .apikit import DirectIngest, Population, experiment_definition, experiment_messages

@@ -24,10 +24,10 @@ from state.models import ModelRegistry, refusal_counts
 from state.naming import model_id
 from state.registry import REGISTRY_KEY, Registry
 from stream.batch import TrainingExample
-from workers.api import create_app, resolve_auth
-from workers.experiments_cli import add_experiments_parser
-from workers.learner import LearnerState, offset_key
-from workers.online_model import OnlineModel
+from workers.api.app import create_app, resolve_auth
+from workers.cli.experiments import add_experiments_parser
+from workers.learner.checkpoint import LearnerState, offset_key
+from workers.learner.online_model import OnlineModel
 from workers.settings import Settings
 
 from ..state.test_limits import BILLION_LAUGHS

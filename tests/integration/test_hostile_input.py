@@ -37,7 +37,7 @@ from state.store import PartitionStore, read_counters
 from stream.messages import DEAD_LETTER_ORIGINAL_BYTES, MAX_TS, MIN_TS, Event, encode_event
 from tests.support.workers import WorkerThread, read_dead_letters, wait_applied
 from tests.support.workers import publish as publish_all
-from workers.embedded import Broker
+from workers.dev.embedded import Broker
 from workers.settings import Settings
 
 from .conftest import unique
@@ -215,6 +215,12 @@ def hand_written(units: list[str]) -> list[tuple[str, bytes]]:
         ("exposures", "{" + exp + ', "ts": 1750000000, "covariates": {"x": NaN}}'),
         ("exposures", "{" + exp + ', "ts": 1750000000, "covariates": {"x": 1e16}}'),
         ("exposures", "{" + exp + ', "ts": 1750000000, "covariates": [1, 2]}'),
+        ("exposures", "{" + exp + ', "ts": 1.75e9, "attributes": {"country": 3}}'),
+        ("exposures", "{" + exp + ', "ts": 1.75e9, "attributes": ["DE"]}'),
+        ("exposures", "{" + exp + ', "ts": 1.75e9, "attributes": {"": "DE"}}'),
+        ("exposures", "{" + exp + ', "ts": 1.75e9, "attributes": {"c": "' + "v" * 129 + '"}}'),
+        ("exposures", "{" + exp + ', "ts": 1.75e9, "attributes": {'
+                      + ", ".join(f'"a{i}": "x"' for i in range(33)) + "}}"),
         ("exposures", "{" + exp + ', "ts": "yesterday"}'),
         ("exposures", "{" + exp + ', "ts": 1750000000000}'),  # milliseconds
         ("exposures", "{" + exp + ', "ts": "1999-12-31T23:59:59Z"}'),

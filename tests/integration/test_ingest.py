@@ -10,9 +10,10 @@ from state.definition import parse_definition
 from state.registry import Registry
 from state.results import experiment_document
 from tests.support.data import HILLSTROM
-from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
-from workers.embedded import Broker
-from workers.replay import replay_messages
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
+from workers.dev.embedded import Broker
+from workers.dev.replay import replay_messages
 from workers.settings import Settings
 
 from .conftest import unique

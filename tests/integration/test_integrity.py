@@ -31,7 +31,7 @@ from stream.messages import Event, Exposure, encode_event, encode_exposure
 from tests.support.workers import WorkerThread as Worker
 from tests.support.workers import read_dead_letters as dead_letters
 from tests.support.workers import wait_applied
-from workers.embedded import Broker
+from workers.dev.embedded import Broker
 from workers.settings import Settings
 
 from .conftest import unique
@@ -77,7 +77,7 @@ def scrape_metrics(s: Settings) -> dict[str, float]:
     """``GET /metrics`` of a real API app on the test's Redis."""
     from fastapi.testclient import TestClient
 
-    from workers.api import create_app, resolve_auth
+    from workers.api.app import create_app, resolve_auth
 
     s = replace(s, api_read_tokens=("read-1",), api_admin_tokens=("admin-1",))
     with TestClient(create_app(s, auth=resolve_auth(s)[0], lag_interval=None)) as api:

@@ -39,10 +39,11 @@ from state.results import experiment_document
 from stream.batch import TrainingExample
 from stream.kafka import ensure_topics, log_ranges, make_producer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.embedded import Broker
-from workers.learner import Learner, LearnerState, offset_key
-from workers.models_cli import model_rows, render_models
-from workers.online_model import OnlineModel
+from workers.cli.models import model_rows, render_models
+from workers.dev.embedded import Broker
+from workers.learner.checkpoint import LearnerState, offset_key
+from workers.learner.loop import Learner
+from workers.learner.online_model import OnlineModel
 from workers.settings import Settings
 
 from .conftest import unique

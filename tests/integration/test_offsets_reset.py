@@ -12,7 +12,7 @@ import pytest
 
 from state.store import PartitionStore, partition_count, read_counters, read_partition_warnings
 from stream.lag import measure_lag
-from workers.embedded import Broker, start_broker
+from workers.dev.embedded import Broker, start_broker
 from workers.ingest import IngestWorker
 
 from .conftest import unique

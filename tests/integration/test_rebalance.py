@@ -23,7 +23,7 @@ from state.results import experiment_document
 from state.store import read_counters
 from stream.kafka import ensure_topics
 from tests.support.quiescence import wait_quiescent
-from workers.embedded import Broker
+from workers.dev.embedded import Broker
 from workers.ingest import CoPartitioningError, IngestWorker
 
 from .conftest import unique

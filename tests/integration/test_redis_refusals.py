@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from state.store import partition_count, read_counters
-from workers.embedded import Broker, RedisServer, free_port
+from workers.dev.embedded import Broker, RedisServer, free_port
 from workers.ingest import IngestWorker
 
 from .conftest import unique

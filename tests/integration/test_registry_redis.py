@@ -15,7 +15,7 @@ import redis.cluster
 from state.definition import DefinitionError, ExperimentDef, parse_definition
 from state.registry import REGISTRY_KEY, VERSION_KEY, ExperimentExists, Registry
 from tests.support.data import HILL_YAML as BASE_YAML
-from workers.experiments_cli import add_experiments_parser
+from workers.cli.experiments import add_experiments_parser
 
 HILL_YAML = BASE_YAML + "start: 2024-01-01T00:00:00Z\n"
 

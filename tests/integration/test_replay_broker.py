@@ -24,11 +24,12 @@ from tests.integration.streaming import (
     worker_thread,
 )
 from tests.support.data import HILLSTROM
-from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
-from workers.embedded import Broker
-from workers.replay import ReplayError, add_replay_parser, replay_file
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
+from workers.dev.embedded import Broker
+from workers.dev.replay import ReplayError, add_replay_parser, replay_file
+from workers.dev.simulate import SimulationConfig, run_simulation
 from workers.settings import Settings
-from workers.simulate import SimulationConfig, run_simulation
 
 HILL = HILLSTROM
 METRICS = ["visit", "conversion", "spend"]

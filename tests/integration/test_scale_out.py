@@ -11,8 +11,8 @@ from state import keys
 from state.definition import parse_definition
 from state.registry import Registry
 from state.results import experiment_document
-from workers.embedded import Broker
-from workers.replay import replay_messages
+from workers.dev.embedded import Broker
+from workers.dev.replay import replay_messages
 
 from .conftest import unique
 from .streaming import (

@@ -12,7 +12,7 @@ import pytest
 
 from state.store import partition_count, read_counters
 from workers import ingest
-from workers.embedded import Broker
+from workers.dev.embedded import Broker
 from workers.ingest import IngestWorker
 
 from .conftest import unique

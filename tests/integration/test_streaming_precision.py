@@ -25,8 +25,9 @@ from state.results import experiment_document, experiment_matrices
 from state.store import BatchWrite, PartitionStore
 from stream.messages import Event, Exposure, encode_event, encode_exposure
 from stream.shifts import recentre_sums
-from workers.analyze import AnalyzeRequest, MetricColumn, analyze_frame
-from workers.embedded import Broker
+from workers.batch.analyze import AnalyzeRequest, analyze_frame
+from workers.batch.columns import MetricColumn
+from workers.dev.embedded import Broker
 
 from .conftest import unique
 from .streaming import (

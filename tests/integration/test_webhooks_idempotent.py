@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from state.store import connect
-from workers.alerter import Alerter, WebhookSink
-from workers.webhooks import WebhookSender
+from workers.alerter.service import Alerter
+from workers.alerter.sinks import WebhookSink
+from workers.alerter.webhooks import WebhookSender
 
 from .apikit import Population
 from .test_alerter import alert_settings, run_experiment

@@ -16,7 +16,7 @@ from state.naming import (
     parse_model_id,
     resolve_model_id,
 )
-from workers.learner import resolve_kind
+from workers.learner.checkpoint import resolve_kind
 
 
 def experiment(exp_id: str, metric: str, model: str = "linear") -> ExperimentDef:

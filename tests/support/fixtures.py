@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from state.store import Client, connect
-from workers.embedded import RedisServer, start_redis
+from workers.dev.embedded import RedisServer, start_redis
 
 
 @pytest.fixture(scope="session")

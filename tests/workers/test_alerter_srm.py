@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from estimators.report import slice_document
 from state.definition import ExperimentDef, MetricDef
-from workers.alerter import evaluate_experiment
+from workers.alerter.rules import evaluate_experiment
 
 DEF = ExperimentDef("e", ("a", "b"), (0.5, 0.5), (MetricDef("m", "m", "binary"),))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from state.definition import parse_definition
-from workers.alerter import evaluate_experiment
+from workers.alerter.rules import evaluate_experiment
 
 
 def _definition(**extra: Any) -> Any:

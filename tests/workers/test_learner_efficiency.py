@@ -1,8 +1,8 @@
 """The learner path in one process: cupac efficiency vs an oracle, and interval validity.
 
 *Efficiency* (DESIGN §3, issue 4): 100,000 exposed units of a nonlinear outcome model (a
-threshold with an interaction, :mod:`workers.learner_sim`); ŷ is frozen at exposure from the
-latest snapshot of an :class:`~workers.online_model.OnlineModel` that learned a warm-up
+threshold with an interaction, :mod:`workers.dev.learner_sim`); ŷ is frozen at exposure from the
+latest snapshot of an :class:`~workers.learner.online_model.OnlineModel` that learned a warm-up
 stream and the units matured so far. cupac's variance reduction is compared with the
 oracle's, which uses the true E[y|x] as its covariate. A linear model cannot represent the
 threshold: its ceiling is the best linear predictor's R², 0.430 of 0.704 (ratio 0.61); the
@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from workers.learner_sim import (
+from workers.dev.learner_sim import (
     RunEstimates,
     coverage_run,
     efficiency,

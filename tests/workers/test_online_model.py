@@ -14,8 +14,8 @@ import pytest
 from state.definition import parse_definition
 from state.model_cache import ModelCache
 from state.models import LoadedModel, SnapshotHeader
-from workers.learner import offset_key, parse_offset_key, resolve_kind
-from workers.online_model import KINDS, OnlineModel, Progressive, RecentIds
+from workers.learner.checkpoint import offset_key, parse_offset_key, resolve_kind
+from workers.learner.online_model import KINDS, OnlineModel, Progressive, RecentIds
 from workers.settings import Settings, SettingsError, load_settings
 
 

@@ -1,4 +1,4 @@
-"""``workers.replay`` and ``workers.simulate`` without a broker: messages, truth, faults."""
+"""``workers.dev.replay`` and ``workers.dev.simulate`` without a broker: messages, truth, faults."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from state.definition import parse_definition
 from state.layout import ExperimentLayout
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
 from tests.support.data import DATA, HILLSTROM
-from workers import replay, simulate
-from workers.replay import ReplayError, ReplayReport, replay_messages
-from workers.simulate import (
+from workers.dev import replay, simulate
+from workers.dev.progress import Progress
+from workers.dev.replay import ReplayError, ReplayReport, replay_messages
+from workers.dev.simulate import (
     SimulationConfig,
     control_means,
     simulate_messages,
@@ -201,14 +202,15 @@ def test_progress_bar_only_on_a_tty() -> None:
             return True
 
     out = Tty()
-    bar = replay._Progress("replay", 200, True, out)
-    bar.update(100, force=True)
+    bar = Progress("replay", 200, True, out)
+    bar.update(100)
     bar.close(200)
-    assert "50.0%" in out.getvalue() and "100.0%" in out.getvalue()
-    assert out.getvalue().endswith("\n")
+    shown = out.getvalue()
+    assert "replay" in shown and "100%" in shown and "200/200" in shown
+    assert "msg/s" in shown and "ETA" in shown  # rate and time remaining
     quiet = io.StringIO()
-    bar = replay._Progress("replay", 200, True, quiet)  # not a TTY
-    bar.update(100, force=True)
+    bar = Progress("replay", 200, True, quiet)  # not a TTY
+    bar.update(100)
     bar.close(200)
     assert quiet.getvalue() == ""
 

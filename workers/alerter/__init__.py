@@ -1,0 +1,1 @@
+"""The alerter: pure rules, sinks (Kafka topic, webhooks), the lease-holding service."""

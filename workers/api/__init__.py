@@ -1,0 +1,1 @@
+"""The query API: app factory, routers, auth, guard, cache, docs, static dashboard."""

@@ -1,0 +1,1 @@
+"""Batch analysis of unit-level files: analyze, past results, plan."""

@@ -1,0 +1,124 @@
+"""Rendering of a result document for terminals: plain text (:func:`render`: pipes, files,
+tests) or ``rich`` tables (:func:`renderable`, used when standard output is a terminal)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Block = str | list[tuple[str, ...]]  # a line, or the rows of an estimator table
+
+COLUMNS = ("estimator", "effect", "95% CI", "rel", "p", "anytime CI", "seq p", "var.red.")
+
+
+def _num(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "—"
+    if pct:
+        return f"{100 * x:+.2f}%"
+    return f"{x:.4g}"
+
+
+def _ci(lo: Any, hi: Any) -> str:
+    return "—" if lo is None or hi is None else f"[{lo:.4g}, {hi:.4g}]"
+
+
+def _doc_blocks(doc: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = [f"warning [{w['code']}]: {w['detail']}"
+                           for w in doc.get("warnings", [])]
+    dec = doc.get("decision")
+    if dec:
+        blocks += [f"decision: {dec['recommendation']}", *(f"  - {r}" for r in dec["reasons"]),
+                   ""]
+    for sl in doc.get("slices", []):
+        blocks.extend(slice_blocks(sl))
+        blocks.append("")
+    return blocks
+
+
+def _plain(blocks: list[Block]) -> list[str]:
+    lines: list[str] = []
+    for b in blocks:
+        if isinstance(b, str):
+            lines.append(b)
+            continue
+        rows = [COLUMNS, *b]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+        for r in rows:
+            lines.append("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    return lines
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The document as plain text."""
+    return "\n".join(_plain(_doc_blocks(doc))).rstrip() + "\n"
+
+
+def render_slice(sl: dict[str, Any]) -> list[str]:
+    """One slice as plain text lines."""
+    return _plain(slice_blocks(sl))
+
+
+def renderable(doc: dict[str, Any]) -> Any:
+    """The document as ``rich`` renderables: text lines and one table per comparison."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
+    for b in _doc_blocks(doc):
+        if isinstance(b, str):
+            parts.append(Text(b))
+            continue
+        table = Table(*COLUMNS, show_edge=False, pad_edge=False)
+        for r in b:
+            table.add_row(*r)
+        parts.append(table)
+    return Group(*parts)
+
+
+def slice_blocks(sl: dict[str, Any]) -> list[Block]:
+    lines: list[Block] = []
+    if sl.get("by"):
+        lines.append("== " + ", ".join(f"{k}={v}" for k, v in sl["by"].items()) + " ==")
+    lines.append("variations: " + ", ".join(
+        f"{v['name']}{' (control)' if v['is_control'] else ''} n={v['n']}"
+        for v in sl["variations"]))
+    srm = sl["srm"]
+    lines.append(f"SRM: p={_num(srm['p_value'])} sequential p={_num(srm['sequential_p_value'])}"
+                 f"{'  ** MISMATCH **' if srm['flagged'] else '  ok'}")
+    for m in sl["metrics"]:
+        for c in m["comparisons"]:
+            lines.append("")
+            lines.append(f"{m['metric']} ({m['kind']}): {c['treatment']} vs {c['control']}")
+            rows: list[tuple[str, ...]] = []
+            for name, e in c["estimators"].items():
+                rows.append((name, _num(e["effect"]), _ci(e["ci_low"], e["ci_high"]),
+                             _num(e["rel_effect"], pct=True), _num(e["p_value"]),
+                             _ci(e["seq_ci_low"], e["seq_ci_high"]), _num(e["seq_p_value"]),
+                             _num(e["variance_reduction"], pct=True)
+                             if e["variance_reduction"] is not None else "—"))
+            lines.append(rows)
+            for name, e in c["estimators"].items():
+                if e.get("note"):
+                    lines.append(f"  note [{name}]: {e['note']}")
+            for cs in c["covariate_selection"]:
+                lines.append(f"  in-experiment {cs['name']}: balance p={_num(cs['p_value'])} "
+                             f"{'used' if cs['selected'] else 'NOT used'}")
+            corr = (c.get("diagnostics") or {}).get("prediction_outcome_correlation")
+            if corr is not None:
+                lines.append(f"  prediction–outcome correlation {corr:.3f}")
+            b = c["bayes"]
+            if b.get("treatment_posterior_mean") is not None:
+                lines.append(f"  bayes ({b['model']}, {b['estimator']}): posterior "
+                             f"{_num(b['treatment_posterior_mean'])} vs "
+                             f"{_num(b['control_posterior_mean'])}, chance to beat control "
+                             f"{100 * b['chance_to_beat_control']:.1f}%, expected loss "
+                             f"{_num(b['expected_loss'])}")
+            pw = c.get("power") or {}
+            if pw.get("mde") is not None:
+                eta = pw.get("projected_units")
+                lines.append(f"  power 80% ({pw['estimator']}): MDE {_num(pw['mde'])}, anytime "
+                             f"MDE {_num(pw['mde_sequential'])}" + (
+                                 f"; target {_num(pw['target_rel_mde'], pct=True)} needs "
+                                 f"{eta} units" if eta is not None else ""))
+    return lines

@@ -1,0 +1,1 @@
+"""Development tooling: simulate, replay, the demo, embedded servers, learner simulation."""

@@ -1,0 +1,1 @@
+"""The online learner: training loop, checkpoint and offset codec, model pipelines."""
