@@ -157,7 +157,7 @@ def test_cli_invalid_definition_exits_2(cli_env: str, tmp_path: Path,
     assert run(["experiments", "create", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("liftstream experiments: error: metrics[1].aggregate: must be one of "
-                   "binary, count, sum, got 'mean'")
+                   "binary, count, sum, quantile, got 'mean'")
     assert run(["experiments", "create", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert run(["experiments", "list"]) == 0
