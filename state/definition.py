@@ -7,8 +7,8 @@ exposure message, or a metric's own pre-exposure value over a look-back window),
 covariate candidates, and analysis settings. :func:`parse_definition` turns a mapping into a
 validated, normalised :class:`ExperimentDef` or raises :class:`DefinitionError` whose message
 starts with the offending field, e.g. ``metrics[1].aggregate: must be one of binary, count,
-sum, quantile``. Sizes are bounded (:mod:`state.limits`: variations, metrics, covariates, candidates,
-columns in all, bytes of text) and names may not clash with derived columns
+sum, quantile``. Sizes are bounded (:mod:`state.limits`: variations, metrics, covariates,
+candidates, columns in all, bytes of text) and names may not clash with derived columns
 (:mod:`state.naming`, e.g. a covariate ``clk:pred`` next to metric ``clk``'s prediction).
 
 >>> d = parse_definition({"id": "exp-1", "variations": ["control", "treatment"],
