@@ -19,7 +19,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) browser-deps
-	$(BIN)/pytest --doctest-modules estimators tests
+	$(BIN)/pytest --doctest-modules estimators state stream workers tests
 
 test: lint typecheck unit
 

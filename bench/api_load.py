@@ -42,10 +42,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from estimators import document
 from estimators.analysis import AnalysisSettings
 from estimators.moments import MomentMatrix
+from state.definition import parse_definition
 from state.layout import ExperimentLayout
-from state.registry import Registry, parse_definition
+from state.registry import Registry
 from state.results import experiment_document_with
 from state.store import BatchWrite, PartitionStore, connect
 from workers.batch.analyze import AnalyzeRequest, analyze_frame
@@ -234,8 +236,8 @@ def run(units: int = 1_000_000, pollers: int = 100, seconds: float = 10.0) -> di
     analyze_s = time.perf_counter() - t0
     lat = np.array(latencies)
     p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
-    a = live["slices"][0]["metrics"][5]["comparisons"][2]["estimators"]["adjusted"]["effect"]
-    b = batch["slices"][0]["metrics"][5]["comparisons"][2]["estimators"]["adjusted"]["effect"]
+    a, b = (document.parse(x).first.metrics[5].comparisons[2].estimators["adjusted"].effect
+            for x in (live, batch))
     return {
         "units": units, "variations": len(VARIATIONS), "metrics": len(BINARY) + len(NUMERIC),
         "partitions": PARTITIONS, "pollers": pollers, "seconds": round(wall, 2),

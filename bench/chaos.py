@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from estimators.compare import document_differences
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document, experiment_matrices
 from state.store import connect, partition_count, read_counters
 from stream.kafka import TopicPartition, ensure_topics, make_consumer, make_producer

@@ -36,8 +36,9 @@ import numpy as np
 
 from bench.chaos import ARMS, Cluster, Tally, Workload, tally, workload
 from state import keys
+from state.definition import parse_definition
 from state.limits import CEILINGS
-from state.registry import REGISTRY_KEY, VERSION_KEY, Registry, parse_definition
+from state.registry import REGISTRY_KEY, VERSION_KEY, Registry
 from state.results import experiment_document
 from state.store import read_counters
 from state.units import UnitState

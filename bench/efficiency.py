@@ -16,8 +16,10 @@ from typing import Any
 
 import pandas as pd
 
+from estimators import document
+from state.definition import parse_definition
 from state.layout import ExperimentLayout
-from state.registry import Registry, parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import PartitionStore, connect
 from stream.batch import BatchBuilder, RawRecord, Topics
@@ -33,12 +35,12 @@ ESTIMATORS = ("cuped", "cupac", "mlrate", "lin_crespo", "adjusted")
 def widths(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Per metric × treatment: CI-width ratio of each adjusted estimator to diff."""
     out = []
-    for m in doc["slices"][0]["metrics"]:
-        for c in m["comparisons"]:
-            est = c["estimators"]
-            row: dict[str, Any] = {"metric": m["metric"], "treatment": c["treatment"]}
+    for m in document.parse(doc).first.metrics:
+        for c in m.comparisons:
+            row: dict[str, Any] = {"metric": m.metric, "treatment": c.treatment}
             for name in ESTIMATORS:
-                ratio = est.get(name, {}).get("ci_width_ratio")
+                e = c.estimators.get(name)
+                ratio = None if e is None else e.ci_width_ratio
                 if ratio is not None:
                     row[name] = round(ratio, 4)
                     row[f"{name}_days_per_14"] = round(14 * ratio * ratio, 2)

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.store import connect, partition_count, read_counters
 from stream.kafka import ensure_topics, make_producer
 from stream.messages import Event, Exposure, encode_event, encode_exposure

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from state.definition import parse_definition
 from state.layout import ExperimentLayout
-from state.registry import Registry, parse_definition
+from state.registry import Registry
 from state.store import PartitionStore, connect, partition_count, read_counters
 from stream.batch import BatchBuilder, RawRecord, Topics
 from stream.kafka import TopicPartition, ensure_topics, make_consumer, make_producer

@@ -14,14 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from estimators import bayes
+from estimators import bayes, defaults
 from estimators.contrast import (
     ONE_ARM_NOTE,
+    SELF,
     Contrast,
     Inference,
     NotEstimable,
     to_estimate,
-    with_reduction,
 )
 from estimators.lin_crespo import lin_crespo, residual_by_covariates, residual_by_prediction
 from estimators.moments import MomentMatrix
@@ -64,11 +64,11 @@ class MetricSpec:
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    alpha: float = 0.05
-    sequential_tuning: float = 5000.0
-    selection_alpha: float = 0.05
+    alpha: float = defaults.ALPHA
+    sequential_tuning: float = defaults.SEQUENTIAL_TUNING
+    selection_alpha: float = defaults.SELECTION_ALPHA
     selection_holm: bool = False
-    prior_sigma: float = 0.3
+    prior_sigma: float = defaults.PRIOR_SIGMA
     # in-experiment candidates chosen beforehand (Fisher pre-selection, estimators.selection
     # .preselect); None: the per-experiment balance test selects
     preselected: tuple[str, ...] | None = None
@@ -126,9 +126,10 @@ def _summary(spec: MetricSpec, m: MomentMatrix, columns: Sequence[str]) -> ArmSu
     return summarize(m, spec.outcome, columns)
 
 
-def _run(name: str, fn: Callable[[], Contrast], inf: Inference) -> Estimate:
+def _run(name: str, fn: Callable[[], Contrast], inf: Inference,
+         reference_se: float | Literal["self"] | None, one_arm: str | None) -> Estimate:
     try:
-        return to_estimate(name, fn(), inf)
+        return to_estimate(name, fn(), inf, reference_se=reference_se, one_arm=one_arm)
     except NotEstimable as exc:
         return Estimate(name, note=str(exc))
 
@@ -155,8 +156,9 @@ def _with_proxy(spec: MetricSpec, comp: Comparison, arms: Mapping[str, MomentMat
     else:
         inf = Inference(s.alpha, mt.n + mc.n, s.sequential_tuning)
         e = proxy_estimate(mt, mc, spec.outcome, spec.proxy_indicators, inf, spec.proxy_ridge,
-                           spec.proxy_include_outcome, pooled=list(arms.values()))
-    return replace(comp, proxy=with_reduction(e, comp.estimators["diff"]))
+                           spec.proxy_include_outcome, pooled=list(arms.values()),
+                           reference_se=comp.estimators["diff"].se)
+    return replace(comp, proxy=e)
 
 
 def _compare(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, treatment: str,
@@ -170,11 +172,16 @@ def _compare(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, treatment: st
         return _summary(spec, mt, columns), _summary(spec, mc, columns)
 
     blocker = _blocker(spec, mt, mc)
+    one_arm = None if blocker else _one_arm_constant(spec, mt, mc)
 
     def run(name: str, fn: Callable[[], Contrast]) -> Estimate:
-        return Estimate(name, note=blocker) if blocker else _run(name, fn, inf)
+        if blocker:
+            return Estimate(name, note=blocker)
+        reference = SELF if name == "diff" else out["diff"].se
+        return _run(name, fn, inf, reference, one_arm)
 
-    out: dict[str, Estimate] = {"diff": run("diff", lambda: diff(*pair([])))}
+    out: dict[str, Estimate] = {}
+    out["diff"] = run("diff", lambda: diff(*pair([])))
     if pre:
         out["cuped"] = run("cuped", lambda: cuped(*pair(pre)))
     if pred:
@@ -196,13 +203,6 @@ def _compare(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix, treatment: st
     if pre or pred or cands:
         out["adjusted"] = run("adjusted", lambda: _adjusted(*pair(pre + pred + selected)))
 
-    one_arm = None if blocker else _one_arm_constant(spec, mt, mc)
-    if one_arm:
-        out = {k: _without_se(v, one_arm) for k, v in out.items()}
-    base = out["diff"]
-    out = {k: (v if k == "diff" else with_reduction(v, base)) for k, v in out.items()}
-    if base.ok and base.se:
-        out["diff"] = replace(base, variance_reduction=0.0, ci_width_ratio=1.0)
     comp = Comparison(treatment, control, out, checks, _bayes(spec, out, mt, mc, s, blocker),
                       _diagnostics(spec, mt, mc, pre + pred))
     return comp
@@ -233,14 +233,6 @@ def _one_arm_constant(spec: MetricSpec, mt: MomentMatrix, mc: MomentMatrix) -> s
     if zero[0] == zero[1]:
         return None
     return ONE_ARM_NOTE.format(arm="treatment" if zero[0] else "control")
-
-
-def _without_se(e: Estimate, note: str) -> Estimate:
-    if e.effect is None:
-        return e
-    return Estimate(e.estimator, effect=e.effect, treatment_mean=e.treatment_mean,
-                    control_mean=e.control_mean, r_squared=e.r_squared, biased=e.biased,
-                    note=note)
 
 
 def _adjusted(t: ArmSummary, c: ArmSummary) -> Contrast:

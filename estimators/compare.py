@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
+
+from estimators.document import ResultDocument, parse
 
 # Fields of the form 1 − x live on an O(1) scale: near 0 their relative error is amplified by
 # cancellation (1 − 0.99999974 has 9 digits fewer than its inputs), so compare absolutely.
@@ -22,30 +25,36 @@ def _close(a: float, b: float, rel: float, field: str = "") -> bool:
     return math.isclose(a, b, rel_tol=rel, abs_tol=abs_tol)
 
 
-def document_differences(a: dict[str, Any], b: dict[str, Any], rel: float = 1e-9
+def document_differences(a: Mapping[str, Any] | ResultDocument,
+                         b: Mapping[str, Any] | ResultDocument, rel: float = 1e-9
                          ) -> list[str]:
     """Every estimator field of the first slice that differs beyond ``rel`` (empty: agree)."""
-    sa, sb = a["slices"][0], b["slices"][0]
+    sa, sb = _typed(a).first, _typed(b).first
     out = []
-    va = [(v["name"], v["n"]) for v in sa["variations"]]
-    vb = [(v["name"], v["n"]) for v in sb["variations"]]
+    va = [(v.name, v.n) for v in sa.variations]
+    vb = [(v.name, v.n) for v in sb.variations]
     if va != vb:
         out.append(f"variations {va} != {vb}")
-    for ma, mb in zip(sa["metrics"], sb["metrics"], strict=False):
-        for ca, cb in zip(ma["comparisons"], mb["comparisons"], strict=False):
-            where = f"{ma['metric']}/{ca['treatment']}"
-            if set(ca["estimators"]) != set(cb["estimators"]):
-                out.append(f"{where}: estimators {sorted(ca['estimators'])} != "
-                           f"{sorted(cb['estimators'])}")
+    for ma, mb in zip(sa.metrics, sb.metrics, strict=False):
+        for ca, cb in zip(ma.comparisons, mb.comparisons, strict=False):
+            where = f"{ma.metric}/{ca.treatment}"
+            if set(ca.estimators) != set(cb.estimators):
+                out.append(f"{where}: estimators {sorted(ca.estimators)} != "
+                           f"{sorted(cb.estimators)}")
                 continue
-            for name, ea in ca["estimators"].items():
-                for field, x in ea.items():
-                    y = cb["estimators"][name][field]
+            for name, ea in ca.estimators.items():
+                eb = cb.estimators[name]
+                for field in ea.__struct_fields__:
+                    x, y = getattr(ea, field), getattr(eb, field)
                     if isinstance(x, float) and isinstance(y, float):
                         if not _close(x, y, rel, field):
                             out.append(f"{where}/{name}.{field}: {x!r} != {y!r}")
                     elif x != y:
                         out.append(f"{where}/{name}.{field}: {x!r} != {y!r}")
-    if len(sa["metrics"]) != len(sb["metrics"]):
-        out.append(f"{len(sa['metrics'])} metrics != {len(sb['metrics'])}")
+    if len(sa.metrics) != len(sb.metrics):
+        out.append(f"{len(sa.metrics)} metrics != {len(sb.metrics)}")
     return out
+
+
+def _typed(doc: Mapping[str, Any] | ResultDocument) -> ResultDocument:
+    return doc if isinstance(doc, ResultDocument) else parse(doc)

@@ -21,10 +21,11 @@ relative effect is null with a note.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any, Final, Literal
 
-from estimators import sequential
+from estimators import defaults, sequential
 from estimators.records import Estimate
 
 _STANDARD = NormalDist()
@@ -61,9 +62,9 @@ class Contrast:
 class Inference:
     """What turns a contrast into intervals: level, units seen, sequential tuning."""
 
-    alpha: float = 0.05
+    alpha: float = defaults.ALPHA
     n_total: int = 0
-    sequential_tuning: float = 5000.0
+    sequential_tuning: float = defaults.SEQUENTIAL_TUNING
 
 
 # An SE below a few units in the last place of the arm means is rounding, whatever the bounds.
@@ -74,29 +75,52 @@ ONE_ARM_NOTE = ("zero variance in the {arm} arm only: the sampling variance of i
                 "(not estimable rather than a p-value that pretends certainty)")
 
 
-def to_estimate(name: str, c: Contrast, inf: Inference) -> Estimate:
-    """Fixed-horizon and anytime-valid inference for one contrast.
+#: ``reference_se`` of :func:`to_estimate` for the reference estimator itself (``diff``).
+SELF: Final[Literal["self"]] = "self"
+
+
+def to_estimate(name: str, c: Contrast, inf: Inference, *,
+                reference_se: float | Literal["self"] | None = None,
+                one_arm: str | None = None, bias_note: str | None = None) -> Estimate:
+    """Fixed-horizon and anytime-valid inference for one contrast, built once complete.
 
     Zero variance (within the contrast's rounding bounds) in both arms: the exact difference
     with ``se = 0`` and a note. In one arm only: effect and means, no SE (the data cannot
     say how variable that arm is; binary metrics get a conservative variance upstream,
-    :func:`estimators.analysis.conservative_binary_variance`).
+    :func:`estimators.analysis.conservative_binary_variance`). ``one_arm``: that note for a
+    metric constant in one arm (every estimator then reports no SE).
+
+    ``reference_se``: the SE of ``diff`` for the variance reduction ``1 − (se/se_diff)²`` and
+    CI-width ratio ``se/se_diff`` (:data:`SELF` for ``diff`` itself: 0 and 1).
+    ``bias_note``: the estimate is biased by design (``biased=True``, the note appended).
     """
+
+    def build(note: str | None = None, **fields: Any) -> Estimate:
+        se = fields.get("se")
+        ref = se if reference_se == SELF else reference_se
+        if se is not None and isinstance(ref, float) and ref > 0.0:
+            ratio = se / ref
+            fields.update(variance_reduction=1.0 - ratio**2, ci_width_ratio=ratio)
+        if bias_note is not None:
+            note = bias_note if note is None else f"{note}; {bias_note}"
+        return Estimate(name, biased=bias_note is not None, note=note, **fields)
+
     effect = c.effect
     vt, vc, extra = max(0.0, c.treatment_var), max(0.0, c.control_var), max(0.0, c.extra_var)
     var = vt + vc + extra
     if not (math.isfinite(effect) and math.isfinite(var)):
-        return Estimate(name, note="non-finite statistics (an arm without data?)")
+        return build("non-finite statistics (an arm without data?)")
+    means = {"effect": effect, "treatment_mean": c.treatment_mean,
+             "control_mean": c.control_mean, "r_squared": c.r_squared}
+    if one_arm is not None:
+        return build(one_arm, **means)
     scale = max(abs(c.treatment_mean), abs(c.control_mean), abs(effect))
     t_zero, c_zero = vt <= c.treatment_var_bound, vc <= c.control_var_bound
     if (t_zero and c_zero) or var <= (_ULP_FLOOR * scale) ** 2:
-        return Estimate(name, effect=effect, se=0.0, treatment_mean=c.treatment_mean,
-                        control_mean=c.control_mean, r_squared=c.r_squared,
-                        note="zero variance in both arms: no uncertainty can be estimated")
+        return build("zero variance in both arms: no uncertainty can be estimated",
+                     se=0.0, **means)
     if t_zero or c_zero:
-        return Estimate(name, effect=effect, treatment_mean=c.treatment_mean,
-                        control_mean=c.control_mean, r_squared=c.r_squared,
-                        note=ONE_ARM_NOTE.format(arm="treatment" if t_zero else "control"))
+        return build(ONE_ARM_NOTE.format(arm="treatment" if t_zero else "control"), **means)
     se = math.sqrt(var)
     z = _STANDARD.inv_cdf(1.0 - inf.alpha / 2.0)
     p = math.erfc(abs(effect) / se / math.sqrt(2.0))
@@ -104,12 +128,12 @@ def to_estimate(name: str, c: Contrast, inf: Inference) -> Estimate:
     seq_p = sequential.p_value(effect, se, inf.n_total, inf.alpha, inf.sequential_tuning)
     rel, rel_se, rel_lo, rel_hi, note = _relative(c.treatment_mean, c.control_mean,
                                                   vt + extra, vc, z)
-    return Estimate(
-        name, effect=effect, se=se, ci_low=effect - z * se, ci_high=effect + z * se,
+    return build(
+        note, effect=effect, se=se, ci_low=effect - z * se, ci_high=effect + z * se,
         p_value=p, rel_effect=rel, rel_ci_low=rel_lo, rel_ci_high=rel_hi, rel_se=rel_se,
         seq_ci_low=effect - seq_half, seq_ci_high=effect + seq_half, seq_p_value=seq_p,
         r_squared=c.r_squared, treatment_mean=c.treatment_mean, control_mean=c.control_mean,
-        treatment_se=math.sqrt(vt), control_se=math.sqrt(vc), note=note,
+        treatment_se=math.sqrt(vt), control_se=math.sqrt(vc),
     )
 
 
@@ -130,9 +154,3 @@ def _relative(mt: float, mc: float, vt: float, vc: float, z: float
     return ratio - 1.0, rel_se, lo - 1.0, hi - 1.0, None
 
 
-def with_reduction(e: Estimate, diff: Estimate) -> Estimate:
-    """Attach variance reduction and CI-width ratio relative to ``diff``."""
-    if e.se is None or diff.se is None or diff.se <= 0.0:
-        return e
-    ratio = e.se / diff.se
-    return replace(e, variance_reduction=1.0 - ratio**2, ci_width_ratio=ratio)

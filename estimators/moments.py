@@ -123,6 +123,24 @@ class MomentMatrix:
         iu = np.triu_indices(len(self.names) + 1)
         return np.concatenate([self.shift, self.sums[iu]])
 
+    # -- the packed byte format (the one home: Redis hashes ``ls:{p}:m:<exp>``, Lua) -------
+    def to_bytes(self) -> bytes:
+        """:meth:`to_array` as little-endian float64 bytes (the stored format)."""
+        return pack(self.shift, self.sums)
+
+    @classmethod
+    def from_bytes(cls, names: Sequence[str], blob: bytes) -> MomentMatrix:
+        """Inverse of :meth:`to_bytes`; ValueError naming both sizes if ``blob`` is not
+        laid out for ``names``.
+
+        >>> m = MomentMatrix.empty(["y"]).update([2.0]).update([4.0])
+        >>> MomentMatrix.from_bytes(["y"], m.to_bytes()).mean.tolist()
+        [3.0]
+        """
+        flat = np.frombuffer(blob, dtype="<f8").astype(np.float64)
+        return cls.from_array(names, flat)
+
+
     # -- algebra --------------------------------------------------------------------------
     def recentred(self, shift: FloatArray) -> MomentMatrix:
         """The same statistics accumulated around another shift (exact algebra)."""
@@ -188,11 +206,6 @@ class MomentMatrix:
     @property
     def n(self) -> int:
         return round(float(self.sums[0, 0]))
-
-    @property
-    def centred_sums(self) -> FloatArray:
-        """``Σ (v − s)`` per column."""
-        return self.sums[0, 1:]
 
     @property
     def mean(self) -> FloatArray:
@@ -275,3 +288,20 @@ class MomentMatrix:
 
     def __repr__(self) -> str:
         return f"MomentMatrix(n={self.n}, names={self.names})"
+
+
+def pack(shift: FloatArray, sums: FloatArray) -> bytes:
+    """Shift then the upper triangle (row-major) of ``sums`` as little-endian float64 bytes:
+    the stored moment-matrix format (``sums`` may be a delta, as ``apply_batch.lua`` adds)."""
+    iu = np.triu_indices(len(shift) + 1)
+    return bytes(np.concatenate([shift, sums[iu]]).astype("<f8").tobytes())
+
+
+def pack_shift(shift: Sequence[float] | FloatArray) -> bytes:
+    """A shift alone as stored (the base a delta was computed against)."""
+    return bytes(np.asarray(shift, dtype="<f8").tobytes())
+
+
+def packed_values(blob: bytes) -> int:
+    """How many float64 values a packed blob holds."""
+    return len(blob) // 8

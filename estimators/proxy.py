@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -105,18 +105,18 @@ def proxy_contrast(fit: ProxyFit, treatment: MomentMatrix, control: MomentMatrix
 def proxy_estimate(treatment: MomentMatrix, control: MomentMatrix, outcome: str,
                    indicators: Sequence[str], inf: Inference | None = None,
                    ridge: float = DEFAULT_RIDGE, include_outcome: bool = True,
-                   pooled: Sequence[MomentMatrix] | None = None) -> Estimate:
+                   pooled: Sequence[MomentMatrix] | None = None,
+                   reference_se: float | None = None) -> Estimate:
     """The proxy's estimate, always ``biased=True`` with a note saying why.
 
     ``pooled``: the arms to fit on (default: these two); pass every arm of the experiment
-    to use one fit for all comparisons.
+    to use one fit for all comparisons; ``reference_se``: ``diff``'s SE (variance reduction).
     """
     try:
         fit = fit_proxy(pooled if pooled is not None else (treatment, control), outcome,
                         indicators, ridge, include_outcome)
-        est = to_estimate(NAME, proxy_contrast(fit, treatment, control),
-                          inf if inf is not None else Inference(n_total=treatment.n + control.n))
+        return to_estimate(NAME, proxy_contrast(fit, treatment, control),
+                           inf if inf is not None else Inference(n_total=treatment.n + control.n),
+                           reference_se=reference_se, bias_note=BIAS_NOTE)
     except NotEstimable as exc:
         return Estimate(NAME, biased=True, note=f"{exc}; {BIAS_NOTE}")
-    note = BIAS_NOTE if est.note is None else f"{est.note}; {BIAS_NOTE}"
-    return replace(est, biased=True, note=note)

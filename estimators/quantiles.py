@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from estimators import sequential
+from estimators import defaults, sequential
 from estimators.records import Estimate
 
 DEFAULT_ACCURACY = 0.01  # relative accuracy α of a bucket's representative value
@@ -190,7 +190,7 @@ def rank_interval(n: int, q: float, z: float) -> tuple[int, int, int]:
     return point, lo, hi
 
 
-def arm_quantile(h: Histogram, q: float, alpha: float = 0.05) -> ArmQuantile:
+def arm_quantile(h: Histogram, q: float, alpha: float = defaults.ALPHA) -> ArmQuantile:
     n = h.n
     if n < MIN_UNITS:
         return ArmQuantile(n, None, None, None, None,
@@ -201,8 +201,9 @@ def arm_quantile(h: Histogram, q: float, alpha: float = 0.05) -> ArmQuantile:
     return ArmQuantile(n, value, low, high, (high - low) / (2.0 * z))
 
 
-def quantile_estimate(treatment: Histogram, control: Histogram, q: float, alpha: float = 0.05,
-                      tuning: float = 5000.0) -> Estimate:
+def quantile_estimate(treatment: Histogram, control: Histogram, q: float,
+                      alpha: float = defaults.ALPHA,
+                      tuning: float = defaults.SEQUENTIAL_TUNING) -> Estimate:
     """Treatment − control difference of ``q``-quantiles with its CI, relative form and
     anytime-valid interval (module docstring); degenerate data → nulls with a note."""
     t, c = arm_quantile(treatment, q, alpha), arm_quantile(control, q, alpha)
@@ -251,8 +252,8 @@ def quantile_name(metric: str, q: float) -> str:
 
 
 def quantile_document(metric: str, q: float, accuracy: float, variations: list[str],
-                      histograms: Mapping[str, Histogram], alpha: float = 0.05,
-                      tuning: float = 5000.0) -> dict[str, object]:
+                      histograms: Mapping[str, Histogram], alpha: float = defaults.ALPHA,
+                      tuning: float = defaults.SEQUENTIAL_TUNING) -> dict[str, object]:
     """One quantile's metric document, shaped like the other metrics' (estimators.report):
     every treatment against the first variation, estimator ``quantile``."""
     from estimators.records import as_dict
@@ -293,8 +294,9 @@ class QuantileSpec:
 
 
 def metric_documents(specs: Iterable[QuantileSpec], variations: list[str],
-                     histograms: Mapping[str, Mapping[str, Histogram]], alpha: float = 0.05,
-                     tuning: float = 5000.0) -> list[dict[str, object]]:
+                     histograms: Mapping[str, Mapping[str, Histogram]],
+                     alpha: float = defaults.ALPHA,
+                     tuning: float = defaults.SEQUENTIAL_TUNING) -> list[dict[str, object]]:
     """Every quantile of every quantile metric: ``histograms`` is variation → metric →
     histogram (missing: empty)."""
     out = []

@@ -88,17 +88,6 @@ class SrmResult:
     note: str | None = None
 
 
-def clean(value: Any) -> Any:
-    """Replace non-finite floats by ``None`` so documents are valid JSON."""
-    if isinstance(value, float):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean(v) for v in value]
-    return value
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return float(value) if math.isfinite(value) else None

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
+from estimators import defaults
 from estimators.analysis import Comparison, MetricResult
 from estimators.multiple import benjamini_hochberg, holm
 from estimators.records import as_dict
@@ -89,7 +90,7 @@ def metric_document(m: MetricResult) -> dict[str, Any]:
 def slice_document(by: Mapping[str, Any] | None, variations: Sequence[str],
                    counts: Mapping[str, int], weights: Sequence[float] | None,
                    metrics: Sequence[MetricResult], correction: Correction | None = None,
-                   srm_threshold: float = 0.001) -> dict[str, Any]:
+                   srm_threshold: float = defaults.SRM_THRESHOLD) -> dict[str, Any]:
     """Variations (first = control), SRM and every metric's comparisons."""
     n = [int(counts.get(v, 0)) for v in variations]
     s = srm(n, weights, srm_threshold)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import special, stats
 
+from estimators.defaults import SRM_THRESHOLD
 from estimators.moments import FloatArray
 from estimators.records import SrmResult
 
@@ -63,7 +64,8 @@ def sequential_p_values(counts: FloatArray, weights: Sequence[float],
 
 
 def srm(counts: Sequence[int], weights: Sequence[float] | None = None,
-        threshold: float = 0.001, concentration: float = DEFAULT_CONCENTRATION) -> SrmResult:
+        threshold: float = SRM_THRESHOLD,
+        concentration: float = DEFAULT_CONCENTRATION) -> SrmResult:
     """Both tests; ``flagged`` when the anytime-valid p-value is below ``threshold``."""
     w = tuple(float(x) for x in (weights or [1.0] * len(counts)))
     if len(w) != len(counts):

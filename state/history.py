@@ -54,13 +54,14 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import msgspec
 
+from estimators import document
 from state import keys
 from state.store import Client
 
@@ -197,18 +198,18 @@ def _round(x: Any) -> float | None:
     return float(f"{float(x):.7g}")
 
 
-def snapshot(doc: Mapping[str, Any], ts: float) -> dict[str, Any]:
+def snapshot(doc: Mapping[str, Any] | document.ResultDocument, ts: float) -> dict[str, Any]:
     """The compact snapshot of a result document (first slice) taken at ``ts``."""
-    sl = doc["slices"][0]
+    sl = (doc if isinstance(doc, document.ResultDocument) else document.parse(doc)).first
     comps = []
-    for m in sl["metrics"]:
-        for c in m["comparisons"]:
-            est = {name: [_round(e.get(k)) for k in VALUES]
-                   for name, e in c["estimators"].items()}
-            comps.append([m["metric"], c["treatment"], c.get("primary"), est])
-    srm = sl.get("srm") or {}
-    return {"ts": ts, "n": {v["name"]: v["n"] for v in sl["variations"]},
-            "srm_p": _round(srm.get("p_value")), "srm_seq_p": _round(srm.get("sequential_p_value")),
+    for m in sl.metrics:
+        for c in m.comparisons:
+            est = {name: [_round(getattr(e, k)) for k in VALUES]
+                   for name, e in c.estimators.items()}
+            comps.append([m.metric, c.treatment, c.primary, est])
+    srm = sl.srm or document.Srm()
+    return {"ts": ts, "n": {v.name: v.n for v in sl.variations},
+            "srm_p": _round(srm.p_value), "srm_seq_p": _round(srm.sequential_p_value),
             "c": comps}
 
 
@@ -397,18 +398,6 @@ def delete(client: Client, experiment: str) -> None:
     """Forget the experiment's history."""
     for k in [keys.history_meta(experiment), *_level_keys(experiment, LEVELS)]:
         client.delete(k)
-
-
-def experiments_with_history(client: Client, experiments: Iterable[str]) -> dict[str, int]:
-    """Number of stored snapshots of each experiment."""
-    names = list(experiments)
-    n = LEVELS
-    pipe = client.pipeline(transaction=False)
-    for e in names:
-        for k in _level_keys(e, n):
-            pipe.zcard(k)
-    counts = [int(x) for x in pipe.execute()]
-    return {e: sum(counts[i * n:(i + 1) * n]) for i, e in enumerate(names)}
 
 
 def stored_bytes(client: Client, experiment: str) -> int:

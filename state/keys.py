@@ -72,11 +72,6 @@ def out_of_range(partition: int) -> str:
     return f"{tag(partition)}:oor"
 
 
-def unit_pattern(partition: int, experiment: str) -> str:
-    """SCAN pattern for one experiment's unit buckets in a partition."""
-    return f"{tag(partition)}:u:{experiment}:*"
-
-
 def model(model_id: str) -> str:
     """Hash ``v<version> → signed snapshot`` plus ``latest`` of one online model."""
     return f"{PREFIX}:model:{model_id}"
@@ -84,11 +79,56 @@ def model(model_id: str) -> str:
 
 MODEL_INDEX = f"{PREFIX}:models"  # set of model ids
 MODEL_REFUSALS = f"{PREFIX}:models:refused"  # hash model id → snapshots refused (bad HMAC)
+MODEL_LATEST = "latest"  # field of :func:`model`: the newest version number
+
+
+def model_version(version: int) -> str:
+    """The field of :func:`model` holding snapshot ``version``.
+
+    >>> model_version(3)
+    'v3'
+    """
+    return f"v{version}"
 
 
 def maturity(partition: int) -> str:
     """Zset ``<experiment>\\x00<unit> → time its outcome window closes`` (training examples)."""
     return f"{tag(partition)}:mature"
+
+
+def maturity_member(experiment: str, unit: str) -> str:
+    """The member of :func:`maturity` for one unit of one experiment.
+
+    >>> parse_maturity_member(maturity_member("exp-1", "u:7"))
+    ('exp-1', 'u:7')
+    """
+    return f"{experiment}\x00{unit}"
+
+
+def parse_maturity_member(member: str) -> tuple[str, str]:
+    """``(experiment, unit)`` of a :func:`maturity_member`."""
+    experiment, _, unit = member.partition("\x00")
+    return experiment, unit
+
+
+def experiment_counter(experiment: str, name: str) -> str:
+    """The field of :func:`counters` counting ``name`` for one experiment.
+
+    >>> experiment_counter("exp-1", "late_events")
+    'exp-1:late_events'
+    """
+    return f"{experiment}:{name}"
+
+
+# --- registry (plain keys, single-key commands: Redis Cluster safe; :mod:`state.registry`)
+#
+# | key | type | holds |
+# |---|---|---|
+# | ``ls:registry`` | hash | ``experiment id → definition JSON`` |
+# | ``ls:registry:version`` | string | integer incremented after every change |
+
+REGISTRY = f"{PREFIX}:registry"
+REGISTRY_VERSION = f"{PREFIX}:registry:version"
 
 
 # --- alerter and history (plain keys, single-key commands: Redis Cluster safe) -----------

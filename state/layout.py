@@ -17,10 +17,10 @@ import numpy as np
 from estimators.analysis import AnalysisSettings, MetricKind, MetricSpec
 from estimators.moments import FloatArray
 from estimators.quantiles import DEFAULT_ACCURACY, QuantileSpec
+from state.definition import ExperimentDef
 from state.naming import column_names, model_id, pre_period_column, prediction_column
-from state.registry import ExperimentDef
 
-__all__ = ["ExperimentLayout", "model_id", "prediction_column"]
+__all__ = ["ExperimentLayout", "analysis_settings", "model_id", "prediction_column"]
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,12 @@ class ExperimentLayout:
                 for m in self.definition.metrics if m.aggregate == "quantile"]
 
     def analysis_settings(self) -> AnalysisSettings:
-        d = self.definition
-        return AnalysisSettings(alpha=d.alpha, sequential_tuning=d.sequential_tuning,
-                                selection_alpha=d.selection_alpha,
-                                selection_holm=d.selection_holm, prior_sigma=d.prior_sigma)
+        """The estimator settings the definition asks for (:func:`analysis_settings`)."""
+        return analysis_settings(self.definition)
+
+
+def analysis_settings(d: ExperimentDef) -> AnalysisSettings:
+    """The estimator settings a definition asks for."""
+    return AnalysisSettings(alpha=d.alpha, sequential_tuning=d.sequential_tuning,
+                            selection_alpha=d.selection_alpha,
+                            selection_holm=d.selection_holm, prior_sigma=d.prior_sigma)

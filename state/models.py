@@ -90,14 +90,14 @@ class ModelRegistry:
         payload = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
         signature = _sign(self.key, _HEADER.encode(header), payload)
         blob = msgspec.msgpack.encode(_Envelope(header, payload, signature))
-        self.client.hset(k, mapping={f"v{version}": blob, "latest": version})
-        self.client.hdel(k, f"v{version - KEEP_VERSIONS}")
+        self.client.hset(k, mapping={keys.model_version(version): blob, keys.MODEL_LATEST: version})
+        self.client.hdel(k, keys.model_version(version - KEEP_VERSIONS))
         self.client.sadd(keys.MODEL_INDEX, model_id)
         return version
 
     def own_latest_version(self, stored_id: str) -> int:
         """The latest version stored under exactly this id (no legacy fallback)."""
-        raw = self.client.hget(keys.model(stored_id), "latest")
+        raw = self.client.hget(keys.model(stored_id), keys.MODEL_LATEST)
         return int(raw) if raw is not None else 0
 
     def stored_id(self, model_id: str) -> str:
@@ -136,7 +136,7 @@ class ModelRegistry:
         v = version if version is not None else self.own_latest_version(model_id)
         if v <= 0:
             return None
-        blob: Any = self.client.hget(keys.model(model_id), f"v{v}")
+        blob: Any = self.client.hget(keys.model(model_id), keys.model_version(v))
         if blob is None:
             return None
         try:
@@ -156,7 +156,7 @@ class ModelRegistry:
         for raw in sorted(ids):
             model_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             v = self.latest_version(model_id)
-            blob: Any = self.client.hget(keys.model(model_id), f"v{v}")
+            blob: Any = self.client.hget(keys.model(model_id), keys.model_version(v))
             if blob is not None:
                 out.append(msgspec.msgpack.decode(blob, type=_Envelope).header)
         return out

@@ -24,11 +24,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Protocol
 
-__all__ = ["ID_PATTERN", "MODEL_ID_SEPARATOR", "column_names", "legacy_model_id",
+__all__ = ["ID_PATTERN", "ID_REGEX", "MODEL_ID_SEPARATOR", "column_names", "legacy_model_id",
            "legacy_targets", "model_id", "parse_model_id", "prediction_column",
            "resolve_model_id"]
 
-ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Experiment ids (and metric names in model ids): the one pattern, written once.
+ID_REGEX: Final = r"[A-Za-z0-9_.-]{1,64}"
+ID_PATTERN: Final = re.compile(ID_REGEX)
 MODEL_ID_SEPARATOR: Final = "/"  # not in ID_PATTERN: ids and metric names cannot contain it
 PREDICTION_SUFFIX: Final = ":pred"
 

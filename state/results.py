@@ -18,8 +18,9 @@ from estimators.quantiles import from_fields
 from estimators.quantiles import metric_documents as quantile_metric_documents
 from estimators.report import Correction, slice_document
 from state import finished, history
+from state.definition import ExperimentDef
 from state.layout import ExperimentLayout
-from state.registry import ExperimentDef, Registry
+from state.registry import Registry
 from state.store import (
     LAST_EVENT_TS,
     Client,

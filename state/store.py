@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import numpy as np
 import redis
 import redis.cluster
 
-from estimators.moments import FloatArray, MomentMatrix
+from estimators.moments import FloatArray, MomentMatrix, pack, pack_shift, packed_values
 from state import keys
 from state.units import UnitState
 
@@ -137,39 +136,11 @@ class PartitionStore:
             return ApplyOutcome(True)
         return ApplyOutcome(False, _text(res[1]), _text(res[2]))
 
-    def matrix_shifts(self, partition: int, experiment: str, width: int) -> dict[str, FloatArray]:
-        raw: Any = self.client.hgetall(keys.matrices(partition, experiment))
-        need = 8 * MomentMatrix.array_length(width)
-        for k, v in raw.items():
-            if len(v) != need:
-                raise ValueError(f"stored matrix {_text(k)!r} of {experiment!r} has "
-                                 f"{len(v) // 8} values; the definition's {width} columns "
-                                 f"need {need // 8} (its layout changed)")
-        return {_text(k): np.frombuffer(v[:8 * width], dtype="<f8").astype(np.float64)
-                for k, v in raw.items()}
-
     def matrix_states(self, partition: int, experiment: str, columns: Sequence[str]
                       ) -> dict[str, MomentMatrix]:
         """The stored matrices of one experiment in one partition, per variation."""
         raw: Any = self.client.hgetall(keys.matrices(partition, experiment))
-        return {_text(k): MomentMatrix.from_array(columns, np.frombuffer(v, dtype="<f8"))
-                for k, v in raw.items()}
-
-    def read_units(self, partition: int, experiment: str, units: Sequence[str], buckets: int
-                   ) -> dict[str, UnitState]:
-        by_bucket: dict[int, list[str]] = defaultdict(list)
-        for u in units:
-            by_bucket[keys.bucket_of(u, buckets)].append(u)
-        pipe = self.client.pipeline(transaction=False)
-        order = list(by_bucket.items())
-        for b, us in order:
-            pipe.hmget(keys.units(partition, experiment, b), us)
-        out: dict[str, UnitState] = {}
-        for (_, us), blobs in zip(order, pipe.execute(), strict=True):
-            for u, blob in zip(us, blobs, strict=True):
-                if blob is not None:
-                    out[u] = UnitState.unpack(blob)
-        return out
+        return {_text(k): MomentMatrix.from_bytes(columns, v) for k, v in raw.items()}
 
     def read_batch_state(self, partition: int, wanted: Mapping[str, Sequence[str]],
                          pending_units: Sequence[str], buckets: int
@@ -245,11 +216,9 @@ class PartitionStore:
             args += [topic, "" if expected is None else expected, nxt]
         args.append(len(w.matrices) + len(w.slice_matrices))
         for (exp, variation), (shift, delta) in w.matrices.items():
-            iu = np.triu_indices(len(shift) + 1)
-            blob = np.concatenate([shift, delta[iu]]).astype("<f8").tobytes()
             base = w.matrix_bases.get((exp, variation))
-            args += [k(keys.matrices(p, exp)), variation, len(shift), blob,
-                     "" if base is None else np.asarray(base, dtype="<f8").tobytes()]
+            args += [k(keys.matrices(p, exp)), variation, len(shift), pack(shift, delta),
+                     "" if base is None else pack_shift(base)]
         args += _slice_matrix_args(w, k)
         sets: list[tuple[str, str, bytes]] = [
             (keys.units(p, e, b), u, v) for (e, b, u), v in w.units.items()]
@@ -277,7 +246,7 @@ class PartitionStore:
         args.append("" if w.last_event_ts is None else repr(w.last_event_ts))
         args.append(len(w.experiment_last_ts))
         for exp, ts in w.experiment_last_ts.items():
-            args += [f"{exp}:{LAST_EVENT_TS}", repr(float(ts))]
+            args += [keys.experiment_counter(exp, LAST_EVENT_TS), repr(float(ts))]
         hist = [(keys.histograms(p, e, v), f, n) for (e, v), fields in w.histograms.items()
                 for f, n in fields.items() if n]
         args.append(len(hist))
@@ -295,11 +264,9 @@ def _slice_matrix_args(w: BatchWrite, k: Any) -> list[Any]:
     """Slice matrices as tuples of the script's matrices section (same shift checks)."""
     args: list[Any] = []
     for (exp, dim, fld), (shift, delta) in w.slice_matrices.items():
-        iu = np.triu_indices(len(shift) + 1)
-        blob = np.concatenate([shift, delta[iu]]).astype("<f8").tobytes()
         base = w.slice_matrix_bases.get((exp, dim, fld))
-        args += [k(keys.slice_matrices(w.partition, exp, dim)), fld, len(shift), blob,
-                 "" if base is None else np.asarray(base, dtype="<f8").tobytes()]
+        args += [k(keys.slice_matrices(w.partition, exp, dim)), fld, len(shift),
+                 pack(shift, delta), "" if base is None else pack_shift(base)]
     return args
 
 
@@ -323,12 +290,11 @@ def read_matrices(client: Client, experiment: str, columns: Sequence[str],
     width = len(columns)
     for raw in pipe.execute():
         for variation, blob in raw.items():
-            flat = np.frombuffer(blob, dtype="<f8").astype(np.float64)
-            if flat.size != MomentMatrix.array_length(width):
-                raise ValueError(f"matrix of {experiment!r} has {flat.size} values; the "
-                                 f"definition's {width} columns need "
+            if packed_values(blob) != MomentMatrix.array_length(width):
+                raise ValueError(f"matrix of {experiment!r} has {packed_values(blob)} values; "
+                                 f"the definition's {width} columns need "
                                  f"{MomentMatrix.array_length(width)}")
-            m = MomentMatrix.from_array(columns, flat)
+            m = MomentMatrix.from_bytes(columns, blob)
             name = _text(variation)
             merged[name] = merged[name] + m if name in merged else m
     return merged

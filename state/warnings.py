@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from state import keys
+
 __all__ = ["COUNTER_WARNINGS", "experiment_warnings"]
 
 # counter name (after "<experiment>:") → (warning code, detail template with {n} and {exp})
@@ -49,9 +51,8 @@ def experiment_warnings(experiment: str, counters: Mapping[str, float],
     """The ``warnings`` of one experiment's document, from summed counters and the flags of
     every partition (``partition → code → detail``)."""
     out: list[dict[str, str]] = []
-    prefix = f"{experiment}:"
     for name, (code, template) in COUNTER_WARNINGS.items():
-        n = counters.get(prefix + name, 0.0)
+        n = counters.get(keys.experiment_counter(experiment, name), 0.0)
         if n > 0:
             out.append({"code": code, "detail": template.format(n=int(n), exp=experiment)})
     for p in sorted(partition_flags):

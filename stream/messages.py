@@ -25,6 +25,7 @@ from typing import Any, Final
 import msgspec
 
 from state.limits import MAX_ATTRIBUTE_LENGTH, MAX_ATTRIBUTES
+from state.naming import ID_PATTERN, ID_REGEX
 
 __all__ = [
     "EXPERIMENT_ID_PATTERN",
@@ -51,7 +52,7 @@ MAX_MESSAGE_BYTES: Final = 64 * 1024
 MAX_ID_LENGTH: Final = 256
 MAX_COVARIATES: Final = 64
 MAX_ABS_VALUE: Final = 1e15
-EXPERIMENT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+EXPERIMENT_ID_PATTERN: Final = ID_PATTERN
 #: Accepted timestamps: 2000-01-01T00:00Z <= ts < 2101-01-01T00:00Z (years 2000..2100).
 MIN_TS: Final = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 MAX_TS: Final = datetime(2101, 1, 1, tzinfo=UTC).timestamp()
@@ -163,7 +164,7 @@ def _check_id(field: str, s: str) -> None:
 def _check_experiment(field: str, s: str) -> None:
     if EXPERIMENT_ID_PATTERN.fullmatch(s) is None:
         shown = s if len(s) <= 70 else s[:67] + "..."
-        raise _Invalid(f"{field}: {shown!r} does not match [A-Za-z0-9_.-]{{1,64}}")
+        raise _Invalid(f"{field}: {shown!r} does not match {ID_REGEX}")
 
 
 def _check_number(field: str, x: float) -> None:

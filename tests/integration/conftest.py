@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 
 from stream.kafka import ensure_topics
+from tests.support.fixtures import redis_server, redis_url  # noqa: F401 (fixtures)
 from workers.dev.embedded import (
     Broker,
     RedisCluster,
-    RedisServer,
     start_broker,
-    start_redis,
     start_redis_cluster,
 )
 
@@ -61,24 +60,6 @@ def make_topic(broker: Broker) -> TopicFactory:
 def group_id() -> str:
     """A consumer-group id no other test uses."""
     return unique("g")
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One Redis server for the whole session (no persistence)."""
-    with start_redis() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """URL of the session Redis, flushed before each test."""
-    client = redis_server.client()
-    try:
-        client.flushall()
-    finally:
-        client.close()
-    yield redis_server.url
 
 
 @pytest.fixture(scope="session")

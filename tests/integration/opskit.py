@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 from fastapi.testclient import TestClient
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_matrices
 from state.store import Client
 from stream.messages import Event, Exposure, encode_event, encode_exposure
+from tests.support.workers import WorkerThread
 from workers.api.app import create_app, resolve_auth
 from workers.settings import Settings
 
@@ -119,25 +121,10 @@ def metric_value(text: str, line_prefix: str) -> float:
     return 0.0
 
 
-class Worker(threading.Thread):
+class Worker(WorkerThread):
     """An :class:`IngestWorker` in a thread; ``error`` keeps what it raised (it must not)."""
 
-    def __init__(self, worker: Any) -> None:
-        super().__init__(daemon=True)
-        self.worker = worker
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self) -> None:
-        self.worker.stop_event.set()
-        self.join(timeout=30)
-        assert not self.is_alive(), "worker did not stop"
-        assert self.error is None, repr(self.error)
+    strict = True
 
 
 def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0

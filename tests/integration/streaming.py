@@ -1,4 +1,5 @@
-"""Shared helpers for streaming integration tests: settings, publishing, a worker thread."""
+"""Shared helpers for streaming integration tests: settings, synthetic streams, worker processes
+(publishing and the worker thread live in :mod:`tests.support.workers`; re-exported here)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,9 @@ from state.store import Client, connect, partition_count, read_counters
 from state.units import UnitState
 from stream.kafka import ensure_topics, make_producer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
+from tests.support.workers import publish, worker_thread  # noqa: F401 (re-exported)
 from workers.batch.analyze import AnalyzeRequest, analyze_frame
 from workers.batch.columns import MetricColumn
-from workers.ingest import IngestWorker
 from workers.settings import ENV_PREFIX, Settings, env_name
 
 
@@ -45,15 +45,6 @@ def create_topics(s: Settings) -> None:
                                       s.topic_events: s.partitions})
 
 
-def publish(s: Settings, messages: Sequence[tuple[str, bytes, bytes]]) -> None:
-    producer = make_producer(s.kafka_bootstrap, linger_ms=20)
-    topics = {"exposures": s.topic_exposures, "events": s.topic_events}
-    for kind, key, value in messages:
-        producer.send(topics[kind], value=value, key=key)
-    producer.flush()
-    producer.close()
-
-
 def messages_applied(client: Client) -> int:
     n = partition_count(client)
     return int(read_counters(client, range(n)).get("messages", 0)) if n else 0
@@ -66,28 +57,6 @@ def wait_for_messages(client: Client, total: int, timeout: float = 180.0) -> Non
             return
         time.sleep(0.2)
     raise TimeoutError(f"only {messages_applied(client)} of {total} messages applied")
-
-
-@contextmanager
-def worker_thread(s: Settings, name: str = "w0") -> Iterator[IngestWorker]:
-    worker = IngestWorker(s, name)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:  # surfaced to the test below
-            errors.append(exc)
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    try:
-        yield worker
-    finally:
-        worker.stop_event.set()
-        t.join(timeout=30)
-    if errors:
-        raise errors[0]
 
 
 def redis_client(s: Settings) -> Client:

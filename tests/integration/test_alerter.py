@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from state import history
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.store import Client, connect
 from stream.kafka import TopicPartition, make_consumer
 from workers.alerter.rules import Alert

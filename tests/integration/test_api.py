@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from state import history
-from state.registry import REGISTRY_KEY, Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import REGISTRY_KEY, Registry
 from state.results import experiment_document_with
 from state.store import connect
 from workers.alerter.service import Alerter

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.store import connect
 from workers.api.app import create_app, resolve_auth
 from workers.api.cache import Busy, ComputeGate, SingleFlightCache

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from workers.alerter.service import Alerter
 from workers.dev.embedded import Broker
 
@@ -48,10 +49,7 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
                 f"chromium and chromium-driver (apt); they could not be installed here",
                 allow_module_level=True)
 
-from selenium.common.exceptions import (  # noqa: E402
-    StaleElementReferenceException,
-    WebDriverException,
-)
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -79,59 +77,103 @@ def browser() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def text(driver: Any, css: str) -> str:
-    """An element's text; the page re-renders on every refresh, so a node found a moment ago
-    may be replaced before it is read: look it up again."""
-    for _ in range(10):
-        try:
-            return str(driver.find_element(By.CSS_SELECTOR, css).text)
-        except StaleElementReferenceException:
-            time.sleep(0.05)
-    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+#: Everything the test compares, read in ONE script: the page renders synchronously in the
+#: same JavaScript thread, so a read sees one whole render (never half a redraw, never a
+#: node replaced between finding and reading it).
+READ_PAGE = """
+const txt = (root, css) => { const e = root.querySelector(css); return e ? e.innerText : null; };
+const body = document.body.dataset;
+const out = {renders: +(body.renders || 0), metric: body.renderedMetric || null,
+             title: txt(document, "#exp-title"), chart_metric: txt(document, "#chart-metric"),
+             kpis: txt(document, ".kpis"), srm: txt(document, "#srm-status"),
+             bayes_treatment: txt(document, '#bayes [data-k="treatment_posterior_mean"]'),
+             selection: txt(document, "#selection"),
+             primary_effect: txt(document, 'tr.primary td[data-k="effect"]'),
+             estimators: {}, variations: {}, chart: null};
+for (const tr of document.querySelectorAll("tr[data-estimator]")) {
+  out.estimators[tr.dataset.estimator] = {effect: txt(tr, 'td[data-k="effect"]'),
+    ci: txt(tr, 'td[data-k="ci"]'), seq_ci: txt(tr, 'td[data-k="seq_ci"]')};
+}
+for (const e of document.querySelectorAll("[data-variation-n]")) {
+  out.variations[e.dataset.variationN] = e.innerText;
+}
+const svg = document.getElementById("chart");
+if (svg) {
+  const paths = {}, heights = {};
+  for (const css of arguments[0]) {
+    const e = svg.querySelector(css);
+    paths[css] = e ? e.getAttribute("d") : null;
+    heights[css] = e ? e.getBoundingClientRect().height : null;
+  }
+  out.chart = {points: svg.getAttribute("data-points"), paths: paths, heights: heights};
+}
+return out;
+"""
+CHART_PATHS = ("path.band-ci.adjusted", "path.band-seq.adjusted", "path.band-ci.unadjusted",
+               "path.band-seq.unadjusted", "path.line.adjusted", "path.line.unadjusted")
 
 
-def check_chart(browser: Any) -> None:
+def read_page(driver: Any) -> dict[str, Any]:
+    """The displayed values of the latest render (see :data:`READ_PAGE`)."""
+    page: dict[str, Any] = driver.execute_script(READ_PAGE, list(CHART_PATHS))
+    return page
+
+
+def check_chart(page: dict[str, Any]) -> None:
     """The SVG has history + live points, every band and line, and the adjusted CI band is
     narrower than the unadjusted one (variance reduction)."""
-    svg = browser.find_element(By.ID, "chart")
-    assert svg.get_attribute("data-points") == str(CHUNKS + 1)  # history + live
-    for css in ("path.band-ci.adjusted", "path.band-seq.adjusted",
-                "path.band-ci.unadjusted", "path.band-seq.unadjusted",
-                "path.line.adjusted", "path.line.unadjusted"):
-        d = svg.find_element(By.CSS_SELECTOR, css).get_attribute("d")
+    chart = page["chart"]
+    assert chart["points"] == str(CHUNKS + 1)  # history + live
+    for css in CHART_PATHS:
+        d = chart["paths"][css]
         assert d and d.startswith("M") and d.count("L") >= CHUNKS, (css, d)
     for css in ("path.band-ci.adjusted", "path.band-seq.adjusted"):
-        assert svg.find_element(By.CSS_SELECTOR, css).get_attribute("d").endswith("Z")
+        assert chart["paths"][css].endswith("Z")
     # the adjusted band is narrower than the unadjusted one (variance reduction)
-    adj = svg.find_element(By.CSS_SELECTOR, "path.band-ci.adjusted").rect["height"]
-    raw = svg.find_element(By.CSS_SELECTOR, "path.band-ci.unadjusted").rect["height"]
+    adj = chart["heights"]["path.band-ci.adjusted"]
+    raw = chart["heights"]["path.band-ci.unadjusted"]
     assert adj < raw
+
+
+#: The slice table of the latest render, read in one script (as :data:`READ_PAGE`).
+READ_SLICES = """
+const txt = (root, css) => { const e = root.querySelector(css); return e ? e.innerText : null; };
+const sel = document.getElementById("slice-dim");
+const out = {metric: document.body.dataset.renderedMetric || null,
+             dim: sel ? sel.value : null, rows: {}};
+for (const tr of document.querySelectorAll("#slice-table tr[data-slice]")) {
+  out.rows[tr.dataset.slice] = {n: txt(tr, 'td[data-k="n"]'),
+    effect: txt(tr, 'td[data-k="effect"]'), ci: txt(tr, 'td[data-k="ci"]')};
+}
+return out;
+"""
 
 
 def check_slices(browser: Any, wait: Any, url: str, exp: str) -> None:
     """The slice selector asks the API for ``?by=platform`` and shows one row per value with
     the API's effect, CI and BH-adjusted p of the shown metric's recommended estimator."""
-    from selenium.webdriver.support.ui import Select
-
-    metric = text(browser, "#chart-metric")
-    wait.until(lambda d: Select(d.find_element(By.ID, "slice-dim")).select_by_value(
-        "platform") or True)
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#slice-table tr[data-slice]"))
-               == 3)
+    # chosen in the page's own thread (no handle to a select a redraw may have replaced)
+    browser.execute_script(
+        'const s = document.getElementById("slice-dim"); s.value = "platform";'
+        ' s.dispatchEvent(new Event("change", {bubbles: true}));')
+    page = wait.until(lambda d: (p := d.execute_script(READ_SLICES))["dim"] == "platform"
+                      and len(p["rows"]) == 3 and p)
+    metric = page["metric"]
     api = httpx.get(f"{url}/v1/experiments/{exp}/results", params={"by": "platform"},
                     headers=auth(TOKEN)).json()
     # kept first come, first kept: the order depends on which partition applied first
     assert sorted(sl["by"]["platform"] for sl in api["slices"]) == ["android", "ios", "web"]
+    assert sorted(page["rows"]) == ["android", "ios", "web"]
     for sl in api["slices"]:
         value = sl["by"]["platform"]
         comp = next(c for m in sl["metrics"] if m["metric"] == metric
                     for c in m["comparisons"] if c["treatment"] == "treatment")
         e = comp["estimators"][comp["primary"]]
-        row = f'#slice-table tr[data-slice="{value}"]'
+        row = page["rows"][value]
         units = sum(v["n"] for v in sl["variations"])
-        assert text(browser, f'{row} td[data-k="n"]') == f"{units:,}"
-        assert text(browser, f'{row} td[data-k="effect"]') == js_fmt(e["effect"])
-        assert text(browser, f'{row} td[data-k="ci"]') == js_ci(e["ci_low"], e["ci_high"])
+        assert row["n"] == f"{units:,}"
+        assert row["effect"] == js_fmt(e["effect"])
+        assert row["ci"] == js_ci(e["ci_low"], e["ci_high"])
         assert e["slice_bh_p_value"] >= e["p_value"]  # BH never lowers a p-value
     bad = httpx.get(f"{url}/v1/experiments/{exp}/results", params={"by": "country"},
                     headers=auth(TOKEN))
@@ -163,44 +205,32 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
 
         with api_server(s, tmp_path, "--lag-interval", "1", "--no-history") as server:
             browser.get(f"{server.url}/?token={TOKEN}#exp={exp}")
-            wait = WebDriverWait(browser, 20,
-                                 ignored_exceptions=(StaleElementReferenceException,))
-            wait.until(lambda d: d.find_elements(
-                By.CSS_SELECTOR, 'tr[data-estimator="adjusted"] td[data-k="effect"]'))
-            wait.until(lambda d: "msgs" in text(d, ".kpis"))  # consumer lag measured
+            wait = WebDriverWait(browser, 20)
+            # a render after the consumer lag was measured (the page sets data-renders)
+            page = wait.until(lambda d: (p := read_page(d))["renders"] > 0
+                              and "msgs" in (p["kpis"] or "") and p)
             assert "token=" not in browser.current_url  # moved out of the address bar
 
             api = httpx.get(f"{server.url}/v1/experiments/{exp}/results",
                             headers=auth(TOKEN)).json()
             comp = series_of(api, "revenue", "treatment")
             assert comp["primary"] == "adjusted"
-            assert text(browser, "#exp-title") == exp
-            assert text(browser, "#chart-metric") == "revenue"
+            assert page["title"] == exp
+            assert page["chart_metric"] == "revenue"
             for name, e in comp["estimators"].items():
-                row = f'tr[data-estimator="{name}"]'
-                assert text(browser, f'{row} td[data-k="effect"]') == js_fmt(e["effect"])
-                assert text(browser, f'{row} td[data-k="ci"]') == js_ci(e["ci_low"],
-                                                                         e["ci_high"])
-                assert text(browser, f'{row} td[data-k="seq_ci"]') == \
-                    js_ci(e["seq_ci_low"], e["seq_ci_high"])
+                row = page["estimators"][name]
+                assert row["effect"] == js_fmt(e["effect"])
+                assert row["ci"] == js_ci(e["ci_low"], e["ci_high"])
+                assert row["seq_ci"] == js_ci(e["seq_ci_low"], e["seq_ci_high"])
             for v in api["slices"][0]["variations"]:
-                n = text(browser, f'[data-variation-n="{v["name"]}"]')
+                n = page["variations"][v["name"]]
                 assert n == f"{v['n']:,}"
             srm = api["slices"][0]["srm"]
-            assert text(browser, "#srm-status") == ("Mismatch" if srm["flagged"] else "OK")
+            assert page["srm"] == ("Mismatch" if srm["flagged"] else "OK")
             bayes = comp["bayes"]
-            assert text(browser, '#bayes [data-k="treatment_posterior_mean"]') == \
-                js_fmt(bayes["treatment_posterior_mean"])
-            assert "pageviews" in text(browser, "#selection")
-
-            for attempt in range(10):  # the chart is redrawn on every refresh
-                try:
-                    check_chart(browser)
-                    break
-                except StaleElementReferenceException:
-                    if attempt == 9:
-                        raise
-                    time.sleep(0.1)
+            assert page["bayes_treatment"] == js_fmt(bayes["treatment_posterior_mean"])
+            assert "pageviews" in page["selection"]
+            check_chart(page)
 
             ARTIFACTS.mkdir(exist_ok=True)
             chrome = browser.execute_script("return window.outerHeight - window.innerHeight")
@@ -209,14 +239,15 @@ def test_dashboard_matches_api(broker: Broker, redis_url: str, tmp_path: Path,
             browser.set_window_size(1440, int(height) + int(chrome))
             assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
 
-            # switching metric re-renders from the API
-            wait.until(lambda d: d.find_element(  # retried if a redraw replaced the tab
-                By.CSS_SELECTOR, 'button.tab[data-metric="converted"]').click() or True)
-            wait.until(lambda d: text(d, "#chart-metric") == "converted")
+            # switching metric re-renders from the API (clicked in the page's own thread: no
+            # handle to a tab a redraw may have replaced)
+            browser.execute_script(
+                'document.querySelector(\'button.tab[data-metric="converted"]\').click()')
             conv = series_of(api, "converted", "treatment")["estimators"][
                 series_of(api, "converted", "treatment")["primary"]]
-            wait.until(lambda d: text(
-                d, 'tr.primary td[data-k="effect"]') == js_fmt(conv["effect"]))
+            page = wait.until(lambda d: (p := read_page(d))["metric"] == "converted" and p)
+            assert page["chart_metric"] == "converted"
+            assert page["primary_effect"] == js_fmt(conv["effect"])
 
             check_slices(browser, wait, server.url, exp)
 

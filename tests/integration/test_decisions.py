@@ -9,7 +9,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from state import finished, history, keys
-from state.registry import REGISTRY_KEY, Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import REGISTRY_KEY, Registry
 from state.results import experiment_document
 from state.store import connect
 from workers.alerter.service import Alerter

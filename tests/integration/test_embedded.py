@@ -23,6 +23,7 @@ from stream.kafka import (
     TopicPartition,
     consumer_lag,
     ensure_topics,
+    log_ranges,
     make_consumer,
     make_producer,
     partition_count,
@@ -133,7 +134,10 @@ def test_committed_offsets_survive_reconnect(
         for tp in tps:  # resumes exactly at the committed offset
             got = sorted(o for p, o, _ in rest if p == tp.partition)
             assert got == list(range(half[tp], per_partition[tp.partition]))
-        time.sleep(0.5)
+        # caught up: every position at the high watermark, and nothing more arrives
+        ends = log_ranges(broker.bootstrap, [(tp.topic, tp.partition) for tp in tps])
+        assert {tp: second.position(tp) for tp in tps} == \
+            {tp: ends[tp.topic, tp.partition].end for tp in tps}
         assert drain(second, 1, timeout=1.0) == []  # nothing replayed
     finally:
         second.close()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import Client, partition_count, read_counters
 from stream.messages import Event, encode_event, parse_event

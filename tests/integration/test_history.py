@@ -11,7 +11,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from state import history
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import connect
 from workers.alerter.service import Alerter

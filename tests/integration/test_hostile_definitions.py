@@ -18,10 +18,11 @@ import redis
 from fastapi.testclient import TestClient
 
 from state import keys
+from state.definition import DefinitionError, parse_definition
 from state.model_cache import ModelCache
 from state.models import ModelRegistry, refusal_counts
 from state.naming import model_id
-from state.registry import REGISTRY_KEY, DefinitionError, Registry, parse_definition
+from state.registry import REGISTRY_KEY, Registry
 from stream.batch import TrainingExample
 from workers.api.app import create_app, resolve_auth
 from workers.cli.experiments import add_experiments_parser

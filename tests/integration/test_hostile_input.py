@@ -22,23 +22,22 @@ import json
 import math
 import random
 import re
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
-from state.store import Client, PartitionStore, read_counters
-from stream.kafka import TopicPartition, make_consumer, make_producer
+from state.store import PartitionStore, read_counters
 from stream.messages import DEAD_LETTER_ORIGINAL_BYTES, MAX_TS, MIN_TS, Event, encode_event
+from tests.support.workers import WorkerThread, read_dead_letters, wait_applied
+from tests.support.workers import publish as publish_all
 from workers.dev.embedded import Broker
-from workers.ingest import IngestWorker
 from workers.settings import Settings
 
 from .conftest import unique
@@ -293,69 +292,6 @@ def valid_extras(units: list[str], rng: random.Random) -> list[Message]:
 
 
 # ----------------------------------------------------------------------------- plumbing
-
-
-class WorkerThread(threading.Thread):
-    """An ingest worker in a thread; ``error`` holds what made it stop, if anything."""
-
-    def __init__(self, s: Settings) -> None:
-        super().__init__(daemon=True)
-        self.worker = IngestWorker(s, "hostile")
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self) -> None:
-        self.worker.stop_event.set()
-        self.join(timeout=30)
-        assert not self.is_alive()
-
-
-def publish_all(s: Settings, messages: Sequence[Message]) -> None:
-    producer = make_producer(s.kafka_bootstrap, linger_ms=20)
-    topics = {"exposures": s.topic_exposures, "events": s.topic_events}
-    for kind, key, value in messages:
-        producer.send(topics[kind], value=value, key=key)
-    producer.flush()
-    producer.close()
-
-
-def wait_applied(client: Client, total: int, worker: WorkerThread, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if messages_applied(client) >= total:
-            return
-        if not worker.is_alive():
-            raise AssertionError(f"the worker stopped: {worker.error!r}") from worker.error
-        time.sleep(0.2)
-    raise TimeoutError(f"only {messages_applied(client)} of {total} messages applied")
-
-
-def read_dead_letters(s: Settings, expected: int, timeout: float = 60.0
-                      ) -> list[dict[str, Any]]:
-    """Every record of the dead-letter topic (waits for ``expected``, then one more second)."""
-    consumer = make_consumer(s.kafka_bootstrap, None, max_poll_records=5000)
-    try:
-        tp = TopicPartition(s.topic_dead_letters, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        quiet_until: float | None = None
-        while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend(msgspec.json.decode(r.value) for r in records)
-            if len(out) >= expected:
-                quiet_until = quiet_until or time.monotonic() + 1.0
-                if time.monotonic() >= quiet_until:
-                    break
-        return out
-    finally:
-        consumer.close()
 
 
 def reason_kind(reason: str) -> str:

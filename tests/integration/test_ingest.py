@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
 from estimators.analysis import AnalysisSettings
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
+from tests.support.data import HILLSTROM
 from workers.batch.analyze import AnalyzeRequest, analyze_frame
 from workers.batch.columns import MetricColumn
 from workers.dev.embedded import Broker
@@ -27,7 +27,7 @@ from .streaming import (
     worker_thread,
 )
 
-HILL = Path(__file__).resolve().parents[3] / "shared" / "data" / "hillstrom.csv"
+HILL = HILLSTROM
 HILL_DEF = {
     "id": "hill",
     "variations": ["No E-Mail", "Mens E-Mail", "Womens E-Mail"],

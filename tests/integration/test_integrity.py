@@ -13,25 +13,25 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from state import keys
+from state.definition import parse_definition
 from state.limits import CEILINGS
-from state.registry import REGISTRY_KEY, VERSION_KEY, Registry, parse_definition
+from state.registry import REGISTRY_KEY, VERSION_KEY, Registry
 from state.results import experiment_document, experiment_matrices
 from state.store import Client, read_counters
 from state.units import UnitState, pack_format_1
 from state.warnings import experiment_warnings
-from stream.kafka import TopicPartition, make_consumer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
+from tests.support.workers import WorkerThread as Worker
+from tests.support.workers import read_dead_letters as dead_letters
+from tests.support.workers import wait_applied
 from workers.dev.embedded import Broker
-from workers.ingest import IngestWorker
 from workers.settings import Settings
 
 from .conftest import unique
@@ -40,7 +40,6 @@ from .streaming import (
     assert_documents_equal,
     create_topics,
     event_accounting,
-    messages_applied,
     publish,
     read_unit_states,
     redis_client,
@@ -54,38 +53,6 @@ Message = tuple[str, bytes, bytes]
 NORMAL = "normal"
 
 
-class Worker(threading.Thread):
-    """An ingest worker in a thread; ``error`` holds what stopped it, if anything."""
-
-    def __init__(self, s: Settings, name: str = "w") -> None:
-        super().__init__(daemon=True)
-        self.worker = IngestWorker(s, name)
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.worker.run()
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
-
-    def stop(self) -> None:
-        self.worker.stop_event.set()
-        self.join(timeout=30)
-        assert not self.is_alive()
-        assert self.error is None, repr(self.error)
-
-
-def wait_applied(client: Client, total: int, worker: Worker, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if messages_applied(client) >= total:
-            return
-        if not worker.is_alive():
-            raise AssertionError(f"the worker stopped: {worker.error!r}") from worker.error
-        time.sleep(0.1)
-    raise TimeoutError(f"only {messages_applied(client)} of {total} messages applied")
-
-
 def wait_until(cond: Any, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -93,28 +60,6 @@ def wait_until(cond: Any, what: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(what)
-
-
-def dead_letters(s: Settings, expected: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """Every dead letter (waits for ``expected``, then one more quiet second)."""
-    consumer = make_consumer(s.kafka_bootstrap, None, max_poll_records=5000)
-    try:
-        tp = TopicPartition(s.topic_dead_letters, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        quiet: float | None = None
-        while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend(msgspec.json.decode(r.value) for r in records)
-            if len(out) >= expected:
-                quiet = quiet or time.monotonic() + 1.0
-                if time.monotonic() >= quiet:
-                    break
-        return out
-    finally:
-        consumer.close()
 
 
 def exposure(experiment: str, unit: str, variation: str, ts: float, **cov: float) -> Message:

@@ -31,12 +31,13 @@ import numpy as np
 import pytest
 
 from state import keys
+from state.definition import parse_definition
 from state.model_cache import ModelCache
 from state.models import ModelRegistry
-from state.registry import Registry, parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from stream.batch import TrainingExample
-from stream.kafka import ensure_topics, make_producer
+from stream.kafka import ensure_topics, log_ranges, make_producer
 from stream.messages import Event, Exposure, encode_event, encode_exposure
 from workers.cli.models import model_rows, render_models
 from workers.dev.embedded import Broker
@@ -119,6 +120,19 @@ def registry_examples(s: Settings) -> dict[str, int]:
     try:
         return {h.model_id: h.examples
                 for h in ModelRegistry(client, KEY).headers()}
+    finally:
+        client.close()
+
+
+def learned_offsets(s: Settings) -> dict[str, int]:
+    """Per training topic-partition, the furthest offset any stored snapshot learned up to."""
+    client = redis_client(s)
+    try:
+        out: dict[str, int] = {}
+        for h in ModelRegistry(client, KEY).headers():
+            for k, v in h.offsets.items():
+                out[k] = max(out.get(k, 0), v)
+        return out
     finally:
         client.close()
 
@@ -290,7 +304,14 @@ def test_learner_process_sigkilled_resumes_exactly_once(broker: Broker, redis_ur
             assert all(got.get(m, 0) <= n for m, n in want.items()), ("duplicates", got)
             assert second.poll() is None and time.monotonic() < deadline, got
             time.sleep(0.1)
-        time.sleep(1.0)  # nothing more arrives: no example was learned twice
+        # quiescent: the snapshots' offsets reached every partition's high watermark, so
+        # nothing more can arrive: no example was learned twice
+        ends = log_ranges(s.kafka_bootstrap, [(s.topic_training, p) for p in range(3)])
+        at_end = {offset_key(s.topic_training, p): ends[s.topic_training, p].end
+                  for p in range(3)}
+        while learned_offsets(s) != at_end:
+            assert second.poll() is None and time.monotonic() < deadline, learned_offsets(s)
+            time.sleep(0.1)
         assert registry_examples(s) == want
     finally:
         stop_processes([second], sig=signal.SIGTERM)

@@ -12,29 +12,12 @@ import pytest
 import redis
 import redis.cluster
 
-from state.registry import (
-    REGISTRY_KEY,
-    VERSION_KEY,
-    DefinitionError,
-    ExperimentDef,
-    ExperimentExists,
-    Registry,
-    parse_definition,
-)
+from state.definition import DefinitionError, ExperimentDef, parse_definition
+from state.registry import REGISTRY_KEY, VERSION_KEY, ExperimentExists, Registry
+from tests.support.data import HILL_YAML as BASE_YAML
 from workers.cli.experiments import add_experiments_parser
 
-HILL_YAML = """\
-id: hill
-variations: [No E-Mail, Mens E-Mail, Womens E-Mail]
-weights: [0.333, 0.333, 0.334]
-metrics:
-  - {name: spend, event: spend, aggregate: sum, cap: 500}
-  - {name: visit, event: visit, aggregate: binary}
-covariates: [recency, history]
-in_experiment:
-  - {name: pageviews, event: pageview, aggregate: count}
-start: 2024-01-01T00:00:00Z
-"""
+HILL_YAML = BASE_YAML + "start: 2024-01-01T00:00:00Z\n"
 
 
 def definition(exp_id: str = "exp", **extra: Any) -> ExperimentDef:

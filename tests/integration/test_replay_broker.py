@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import connect, partition_count, read_counters
 from stream.kafka import TopicPartition, make_consumer
@@ -22,6 +23,7 @@ from tests.integration.streaming import (
     wait_for_messages,
     worker_thread,
 )
+from tests.support.data import HILLSTROM
 from workers.batch.analyze import AnalyzeRequest, analyze_frame
 from workers.batch.columns import MetricColumn
 from workers.dev.embedded import Broker
@@ -29,7 +31,7 @@ from workers.dev.replay import ReplayError, add_replay_parser, replay_file
 from workers.dev.simulate import SimulationConfig, run_simulation
 from workers.settings import Settings
 
-HILL = Path(__file__).resolve().parents[3] / "shared" / "data" / "hillstrom.csv"
+HILL = HILLSTROM
 METRICS = ["visit", "conversion", "spend"]
 PARTITIONS = 4
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from state import keys
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document
 from workers.dev.embedded import Broker
 from workers.dev.replay import replay_messages

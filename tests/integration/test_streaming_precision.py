@@ -19,7 +19,8 @@ from estimators.analysis import AnalysisSettings
 from estimators.compare import document_differences
 from estimators.moments import MomentMatrix
 from state import keys
-from state.registry import Registry, parse_definition
+from state.definition import parse_definition
+from state.registry import Registry
 from state.results import experiment_document, experiment_matrices
 from state.store import BatchWrite, PartitionStore
 from stream.messages import Event, Exposure, encode_event, encode_exposure

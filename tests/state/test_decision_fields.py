@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from state.registry import DefinitionError, ExperimentDef, parse_definition
+from state.definition import DefinitionError, ExperimentDef, parse_definition
 
 
 def _base(**extra: Any) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def test_phase() -> None:
 
 
 def test_registry_and_window_agree() -> None:
-    from state.registry import parse_definition
+    from state.definition import parse_definition
 
     d = parse_definition({"id": "w", "variations": ["a", "b"], "start": 100.0 + 1.7e9,
                           "end": 200.0 + 1.7e9,

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from state.layout import ExperimentLayout
-from state.limits import CEILINGS, DEFAULT_LIMITS, MAX_MESSAGE, DefinitionLimits
-from state.naming import column_names
-from state.registry import (
+from state.definition import (
     DefinitionError,
     ExperimentDef,
     load_definition,
     parse_definition,
     parse_definition_text,
 )
+from state.layout import ExperimentLayout
+from state.limits import CEILINGS, DEFAULT_LIMITS, MAX_MESSAGE, DefinitionLimits
+from state.naming import column_names
 
 # 400 bytes: nine levels of ten aliases each expand to 10^9 leaves in ``id``
 BILLION_LAUGHS = b"""\

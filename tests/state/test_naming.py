@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from state.definition import ExperimentDef, parse_definition
 from state.layout import ExperimentLayout
 from state.models import ModelRegistry
 from state.naming import (
@@ -15,7 +16,6 @@ from state.naming import (
     parse_model_id,
     resolve_model_id,
 )
-from state.registry import ExperimentDef, parse_definition
 from workers.learner.checkpoint import resolve_kind
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from estimators.analysis import AnalysisSettings
-from state.registry import (
+from state.definition import (
     CandidateDef,
     DefinitionError,
     ExperimentDef,
@@ -21,18 +21,8 @@ from state.registry import (
     load_definition,
     parse_definition,
 )
-
-HILL_YAML = """\
-id: hill
-variations: [No E-Mail, Mens E-Mail, Womens E-Mail]
-weights: [0.333, 0.333, 0.334]
-metrics:
-  - {name: spend, event: spend, aggregate: sum, cap: 500}
-  - {name: visit, event: visit, aggregate: binary}
-covariates: [recency, history]
-in_experiment:
-  - {name: pageviews, event: pageview, aggregate: count}
-"""
+from state.layout import analysis_settings
+from tests.support.data import HILL_YAML
 
 FULL: dict[str, Any] = {
     "id": "checkout.v2",
@@ -97,7 +87,7 @@ def test_example_yaml_parses(tmp_path: Path) -> None:
     assert d.in_experiment == (CandidateDef("pageviews", "pageview", "count"),)
     assert d.primary == "spend" and d.primary_metric is None
     assert d.status == "running" and d.model is None  # no learner unless asked for
-    assert d.analysis_settings() == AnalysisSettings()
+    assert analysis_settings(d) == AnalysisSettings()
 
 
 def test_full_definition() -> None:
@@ -108,7 +98,7 @@ def test_full_definition() -> None:
     assert d.end == 1712000000.0
     assert d.primary == "revenue_per_session"
     assert d.metric_names()[-1] == "revenue_per_session"
-    assert d.analysis_settings() == AnalysisSettings(0.1, 20000, 0.01, True, 0.2)
+    assert analysis_settings(d) == AnalysisSettings(0.1, 20000, 0.01, True, 0.2)
     assert d.is_active(d.start or 0) and not d.is_active(d.end or 0)
     assert not d.is_active((d.start or 0) - 1)
 

@@ -4,7 +4,7 @@ item 5): a χ² p-value below 0.001 alone no longer fires. Pure evaluation, no I
 from __future__ import annotations
 
 from estimators.report import slice_document
-from state.registry import ExperimentDef, MetricDef
+from state.definition import ExperimentDef, MetricDef
 from workers.alerter.rules import evaluate_experiment
 
 DEF = ExperimentDef("e", ("a", "b"), (0.5, 0.5), (MetricDef("m", "m", "binary"),))

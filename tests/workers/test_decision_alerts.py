@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from state.registry import parse_definition
+from state.definition import parse_definition
 from workers.alerter.rules import evaluate_experiment
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from state.definition import parse_definition
 from state.model_cache import ModelCache
 from state.models import LoadedModel, SnapshotHeader
-from state.registry import parse_definition
 from workers.learner.checkpoint import offset_key, parse_offset_key, resolve_kind
 from workers.learner.online_model import KINDS, OnlineModel, Progressive, RecentIds
 from workers.settings import Settings, SettingsError, load_settings

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.support.data import DATA, HILLSTROM
 from workers.cli import main
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-HILL = str(DATA / "hillstrom.csv")
+HILL = str(HILLSTROM)
 CATS = str(DATA / "cookie_cats.csv")
 Z = NormalDist().inv_cdf
 

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from state.definition import parse_definition
 from state.layout import ExperimentLayout
-from state.registry import parse_definition
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
+from tests.support.data import DATA, HILLSTROM
 from workers.dev import replay, simulate
 from workers.dev.progress import Progress
 from workers.dev.replay import ReplayError, ReplayReport, replay_messages
@@ -28,8 +29,7 @@ from workers.dev.simulate import (
     true_effects,
 )
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-HILL = DATA / "hillstrom.csv"
+HILL = HILLSTROM
 CATS = DATA / "cookie_cats.csv"
 
 Message = tuple[str, bytes, bytes]

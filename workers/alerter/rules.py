@@ -10,9 +10,10 @@ from typing import Any, Protocol
 
 import msgspec
 
-from state.registry import ExperimentDef
+from estimators import defaults, document
+from state.definition import ExperimentDef
 
-SRM_THRESHOLD = 0.001
+SRM_THRESHOLD = defaults.SRM_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -45,28 +46,33 @@ class AlertSink(Protocol):
 
 
 
+def _typed(doc: Mapping[str, Any] | document.ResultDocument) -> document.ResultDocument:
+    return doc if isinstance(doc, document.ResultDocument) else document.parse(doc)
+
+
 def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def _primary_estimate(c: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
-    name = c.get("primary") or "diff"
-    return name, c["estimators"].get(name) or {}
+def _primary_estimate(c: document.Comparison) -> tuple[str, document.Estimator | None]:
+    name = c.primary or "diff"
+    return name, c.estimators.get(name)
 
 
-def _direction(e: Mapping[str, Any], alpha: float) -> str | None:
-    p, effect = e.get("seq_p_value"), e.get("effect")
+def _direction(e: document.Estimator | None, alpha: float) -> str | None:
+    p, effect = (None, None) if e is None else (e.seq_p_value, e.effect)
     if p is None or effect is None or not p < alpha or effect == 0:
         return None
     return "positive" if effect > 0 else "negative"
 
 
-def _comparison_fields(metric: str, c: Mapping[str, Any], estimator: str,
-                       e: Mapping[str, Any], alpha: float) -> dict[str, Any]:
-    return {"metric": metric, "treatment": c["treatment"], "control": c["control"],
+def _comparison_fields(metric: str, c: document.Comparison, estimator: str,
+                       e: document.Estimator | None, alpha: float) -> dict[str, Any]:
+    return {"metric": metric, "treatment": c.treatment, "control": c.control,
             "estimator": estimator, "alpha": alpha,
-            **{k: e.get(k) for k in ("effect", "rel_effect", "ci_low", "ci_high", "seq_ci_low",
-                                     "seq_ci_high", "seq_p_value", "p_value")}}
+            **{k: None if e is None else getattr(e, k)
+               for k in ("effect", "rel_effect", "ci_low", "ci_high", "seq_ci_low",
+                         "seq_ci_high", "seq_p_value", "p_value")}}
 
 
 def _comparison_text(d: ExperimentDef, head: str, f: Mapping[str, Any]) -> str:
@@ -78,14 +84,14 @@ def _comparison_text(d: ExperimentDef, head: str, f: Mapping[str, Any]) -> str:
             f"{_fmt(f['seq_p_value'], '.3g')} < α = {f['alpha']:g} ({f['estimator']})")
 
 
-def activity_signature(doc: Mapping[str, Any]) -> str:
+def activity_signature(doc: Mapping[str, Any] | document.ResultDocument) -> str:
     """A fingerprint of what changes when data arrives: arm sizes, means, counters."""
-    sl = doc["slices"][0]
-    parts: list[Any] = [[v["n"] for v in sl["variations"]], sorted(sl.get("counters", {}).items())]
-    for m in sl["metrics"]:
-        for c in m["comparisons"]:
-            e = c["estimators"].get("diff") or {}
-            parts.append([e.get("treatment_mean"), e.get("control_mean")])
+    sl = _typed(doc).first
+    parts: list[Any] = [[v.n for v in sl.variations], sorted((sl.counters or {}).items())]
+    for m in sl.metrics:
+        for c in m.comparisons:
+            e = c.estimators.get("diff")
+            parts.append([None, None] if e is None else [e.treatment_mean, e.control_mean])
     return format(zlib.crc32(msgspec.json.encode(parts)), "08x")
 
 
@@ -95,20 +101,21 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
     """Alerts that fire now and the condition states that changed (pure: no I/O)."""
     alerts: list[Alert] = []
     changed: dict[str, dict[str, Any]] = {}
-    sl = doc["slices"][0]
+    typed = _typed(doc)
+    sl = typed.first
     alpha = d.alpha
     guardrails = set(d.guardrails)
     lower_better = {k for k, v in d.higher_is_better().items() if not v}
-    for m in sl["metrics"]:
-        name = m["metric"]
+    for m in sl.metrics:
+        name = m.metric
         if name != d.primary and name not in guardrails:
             continue
-        for c in m["comparisons"]:
+        for c in m.comparisons:
             estimator, e = _primary_estimate(c)
             direction = _direction(e, alpha)
             f = _comparison_fields(name, c, estimator, e, alpha)
             if name == d.primary:
-                cond = f"significance:{name}:{c['treatment']}"
+                cond = f"significance:{name}:{c.treatment}"
                 fired = states.get(cond, {}).get("fired")
                 if direction is not None and direction != fired:
                     word = "higher" if direction == "positive" else "lower"
@@ -118,7 +125,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
                         _comparison_text(d, f"primary metric {name} is significantly {word}",
                                          f), now, {**f, "direction": direction}))
             if name in guardrails:
-                cond = f"guardrail:{name}:{c['treatment']}"
+                cond = f"guardrail:{name}:{c.treatment}"
                 bad = "positive" if name in lower_better else "negative"
                 if direction == bad and not states.get(cond, {}).get("fired"):
                     changed[cond] = {"fired": True, "at": now}
@@ -128,23 +135,23 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
                         _comparison_text(d, f"guardrail {name} is harmed (significant "
                                             f"{word})", f), now,
                         {**f, "direction": bad}))
-    srm = sl.get("srm") or {}
-    seq_p = srm.get("sequential_p_value")
-    srm_now = bool(srm.get("flagged"))
+    srm = sl.srm or document.Srm()
+    seq_p = srm.sequential_p_value
+    srm_now = srm.flagged
     if srm_now and not states.get("srm", {}).get("fired"):
-        counts = {v["name"]: v["n"] for v in sl["variations"]}
+        counts = {v.name: v.n for v in sl.variations}
         weights = dict(zip(d.variations, d.weights, strict=True))
         changed["srm"] = {"fired": True, "at": now}
         shown = ", ".join(f"{k} {n} ({weights[k]:.0%} expected)" for k, n in counts.items())
         alerts.append(Alert(
             "srm", d.id, "srm",
-            f"[{d.id}] sample-ratio mismatch: {shown}; χ² p = {_fmt(srm.get('p_value'), '.3g')}"
+            f"[{d.id}] sample-ratio mismatch: {shown}; χ² p = {_fmt(srm.p_value, '.3g')}"
             f", anytime-valid p = {_fmt(seq_p, '.3g')} (threshold {SRM_THRESHOLD:g}). "
             f"Results are not trustworthy until the assignment is fixed.", now,
-            {"counts": counts, "expected_weights": weights, "p_value": srm.get("p_value"),
+            {"counts": counts, "expected_weights": weights, "p_value": srm.p_value,
              "sequential_p_value": seq_p, "threshold": SRM_THRESHOLD}))
-    alerts += _decision_alert(d, doc, states, now, changed)
-    sig = activity_signature(doc)
+    alerts += _decision_alert(d, typed, states, now, changed)
+    sig = activity_signature(typed)
     st = states.get("stale")
     if st is None or st.get("signature") != sig:
         changed["stale"] = {"signature": sig, "changed_at": now, "fired": False}
@@ -152,7 +159,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
         idle = now - float(st.get("changed_at", now))
         if idle >= stale_after and not st.get("fired"):
             changed["stale"] = {**st, "fired": True, "at": now}
-            last = sl.get("freshness", {}).get("last_event_ts")
+            last = (sl.freshness or {}).get("last_event_ts")
             alerts.append(Alert(
                 "stale", d.id, "stale",
                 f"[{d.id}] no new data for {idle:.0f} s (threshold {stale_after:g} s) while "
@@ -167,22 +174,22 @@ def has_plan(d: ExperimentDef) -> bool:
     return d.primary in d.targets() or d.min_runtime_seconds is not None
 
 
-def _decision_alert(d: ExperimentDef, doc: Mapping[str, Any],
+def _decision_alert(d: ExperimentDef, doc: document.ResultDocument,
                     states: Mapping[str, Mapping[str, Any]], now: float,
                     changed: dict[str, dict[str, Any]]) -> list[Alert]:
-    dec = doc.get("decision")
-    if not dec or not has_plan(d):
+    dec = doc.decision
+    if dec is None or not has_plan(d):
         return []
-    rec = dec["recommendation"]
+    rec = dec.recommendation
     before = states.get("decision", {}).get("recommendation")
     if rec == before:
         return []
     changed["decision"] = {"recommendation": rec, "at": now}
     if before is None and rec == "keep_running":
         return []
-    reasons = list(dec.get("reasons") or [])
+    reasons = list(dec.reasons)
     return [Alert("decision", d.id, "decision",
                   f"[{d.id}] decision: {rec}" + (f" (was {before})" if before else "") +
                   (f": {'; '.join(reasons)}" if reasons else ""), now,
                   {"recommendation": rec, "previous": before, "reasons": reasons,
-                   "treatment": dec.get("treatment")})]
+                   "treatment": dec.treatment})]

@@ -48,7 +48,8 @@ from collections.abc import Sequence
 
 from state import history
 from state.alerts import AlertStateStore
-from state.registry import ExperimentDef, Registry
+from state.definition import ExperimentDef
+from state.registry import Registry
 from state.results import experiment_document
 from state.store import Client, connect
 from state.window import accepts

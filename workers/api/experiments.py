@@ -9,12 +9,8 @@ import redis
 import redis.cluster
 from fastapi import APIRouter
 
-from state.registry import (
-    DefinitionError,
-    ExperimentDef,
-    ExperimentExists,
-    parse_definition,
-)
+from state.definition import DefinitionError, ExperimentDef, parse_definition
+from state.registry import ExperimentExists
 from state.results import record_finished
 from workers.api.auth import Admin, Read
 from workers.api.errors import ApiError

@@ -14,8 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from state import keys
+from state.definition import ExperimentDef
 from state.models import refusal_counts
-from state.registry import ExperimentDef
 from state.store import partition_count, read_counters
 from workers.api.state import ApiState
 
@@ -163,7 +164,7 @@ class IngestCollector(Collector):
                                     labels=["experiment"])
         ids = {d.id for d in defs}
         for d in defs:
-            exposures.add_metric([d.id], c.get(f"{d.id}:exposures", 0.0))
+            exposures.add_metric([d.id], c.get(keys.experiment_counter(d.id, "exposures"), 0.0))
             running.add_metric([d.id], 1.0 if d.status == "running" else 0.0)
         last = GaugeMetricFamily("liftstream_experiment_last_event_timestamp_seconds",
                                  "newest event time applied to the experiment (event time)",

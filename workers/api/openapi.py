@@ -22,11 +22,17 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 from starlette.types import Scope
 
-from state.registry import AGGREGATES, CANDIDATE_AGGREGATES, CORRECTIONS, MODELS, STATUSES
+from estimators import document
+from state.definition import AGGREGATES, CANDIDATE_AGGREGATES, CORRECTIONS, MODELS, STATUSES
+from state.naming import ID_REGEX
 
-__all__ = ["DEFINITION_SCHEMA", "ERROR_SCHEMA", "allowed_methods", "api_routes", "document_errors"]
+__all__ = ["DEFINITION_SCHEMA", "ERROR_SCHEMA", "RESULTS_SCHEMA", "allowed_methods",
+           "api_routes", "document_errors"]
 
-_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"}
+#: The results endpoint's answer, generated from the typed document (estimators.document).
+RESULTS_SCHEMA, _RESULT_COMPONENTS = document.json_schema()
+
+_ID = {"type": "string", "pattern": f"^{ID_REGEX}$"}
 _NAME = {"type": "string", "minLength": 1}
 _NUMBER = {"type": "number"}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
@@ -159,6 +165,7 @@ def document_errors(app: FastAPI, *, read: Callable[..., Any], admin: Callable[.
         doc = get_openapi(title=app.title, version=app.version, description=app.description,
                           routes=app.routes)
         doc.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+        doc["components"]["schemas"].update(_RESULT_COMPONENTS)
         for schemas in (doc["components"]["schemas"],):
             schemas.pop("HTTPValidationError", None)
             schemas.pop("ValidationError", None)

@@ -8,16 +8,17 @@ from fastapi import Body, Depends, Request
 from fastapi import Path as PathParam
 
 from estimators.analysis import ESTIMATORS
+from state.definition import DefinitionError
 from state.limits import check_text_size, refuse_duplicate_json_keys
-from state.registry import DefinitionError
+from state.naming import ID_REGEX as ID_PATTERN_TEXT
 from workers.api.errors import ApiError
 
-ID_REGEX = r"^[A-Za-z0-9_.-]{1,64}$"
+ID_REGEX = f"^{ID_PATTERN_TEXT}$"
 EstimatorName = Literal["diff", "cuped", "cupac", "mlrate", "lin_crespo", "adjusted"]
 assert set(EstimatorName.__args__) == set(ESTIMATORS)  # type: ignore[attr-defined]
 
 ExperimentId = Annotated[str, PathParam(pattern=ID_REGEX,
-                                        description="experiment id ([A-Za-z0-9_.-]{1,64})")]
+                                        description=f"experiment id ({ID_PATTERN_TEXT})")]
 DEFINITION_EXAMPLE: dict[str, Any] = {"id": "checkout-button", "variations": ["control", "green"],
                       "weights": [0.5, 0.5],
                       "metrics": [{"name": "revenue", "event": "purchase",

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from state import history
-from state.registry import ExperimentDef
+from state.definition import ExperimentDef
 from state.results import experiment_document_with
 from workers.api.auth import Read
 from workers.api.cache import ComputeGate
 from workers.api.errors import ApiError
+from workers.api.openapi import RESULTS_SCHEMA
 from workers.api.params import EstimatorName, ExperimentId
 from workers.api.state import ApiState, CachedResult, shape_results
 
@@ -75,7 +76,8 @@ def results_router(api: ApiState, gate: ComputeGate) -> APIRouter:
 
     @router.get("/v1/experiments/{experiment_id}/results", tags=["results"],
              summary="Current results (cached briefly)",
-             responses={200: {"description": "the result document plus freshness"}})
+             responses={200: {"description": "the result document plus freshness",
+                              "content": {"application/json": {"schema": RESULTS_SCHEMA}}}})
     async def results(
         experiment_id: ExperimentId, _: Read,
         estimator: Annotated[EstimatorName | None, Query(

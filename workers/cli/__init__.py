@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from estimators import defaults
+
 Handler = Callable[[argparse.Namespace], int]
 Adder = Callable[["argparse._SubParsersAction[Any]"], None]
 
@@ -139,15 +141,19 @@ def _emit(doc: dict[str, Any], fmt: str) -> None:
 
 
 def _add_analysis_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (0.05)")
-    p.add_argument("--sequential-tuning", type=float, default=5000.0,
-                   help="N* of the confidence sequence: where it is tightest (5000)")
-    p.add_argument("--selection-alpha", type=float, default=0.05,
-                   help="in-experiment covariates with balance p ≤ this are dropped (0.05)")
+    p.add_argument("--alpha", type=float, default=defaults.ALPHA,
+                   help=f"significance level ({defaults.ALPHA:g})")
+    p.add_argument("--sequential-tuning", type=float, default=defaults.SEQUENTIAL_TUNING,
+                   help="N* of the confidence sequence: where it is tightest "
+                        f"({defaults.SEQUENTIAL_TUNING:g})")
+    p.add_argument("--selection-alpha", type=float, default=defaults.SELECTION_ALPHA,
+                   help="in-experiment covariates with balance p ≤ this are dropped "
+                        f"({defaults.SELECTION_ALPHA:g})")
     p.add_argument("--holm-selection", action="store_true",
                    help="Holm-adjust balance p-values before selecting")
-    p.add_argument("--prior-sigma", type=float, default=0.3,
-                   help="prior sd of the relative difference for posterior means (0.3)")
+    p.add_argument("--prior-sigma", type=float, default=defaults.PRIOR_SIGMA,
+                   help="prior sd of the relative difference for posterior means "
+                        f"({defaults.PRIOR_SIGMA:g})")
     p.add_argument("--correction", choices=["holm", "bh"], default=None,
                    help="adjust p-values across metrics × treatments")
     p.add_argument("--format", choices=["json", "table"], default="table")

@@ -18,14 +18,8 @@ import redis
 import redis.cluster
 from redis.exceptions import RedisClusterException
 
-from state.registry import (
-    DefinitionError,
-    ExperimentDef,
-    ExperimentExists,
-    Registry,
-    load_definition,
-    parse_definition_text,
-)
+from state.definition import DefinitionError, ExperimentDef, load_definition, parse_definition_text
+from state.registry import ExperimentExists, Registry
 from workers.cli.prologue import CommandError, guarded
 from workers.settings import Settings, load_settings
 

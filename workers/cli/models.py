@@ -18,10 +18,12 @@ from typing import Any
 
 import msgspec
 
+from estimators import document
 from state import keys
+from state.definition import ExperimentDef
 from state.models import ModelRegistry, SignatureError, SnapshotHeader
 from state.naming import resolve_model_id
-from state.registry import ExperimentDef, Registry
+from state.registry import Registry
 from state.store import Client
 from workers.settings import Settings
 
@@ -54,16 +56,15 @@ def _in_results(client: Client, d: ExperimentDef, metric: str,
     if d.id not in cache:
         cache[d.id] = experiment_document(client, d)
     out = []
-    for m in cache[d.id]["slices"][0]["metrics"]:
-        if m["metric"] != metric:
-            continue
-        for c in m["comparisons"]:
-            cupac = c["estimators"].get("cupac") or {}
-            out.append({"treatment": c["treatment"],
-                        "prediction_outcome_correlation":
-                            c["diagnostics"].get("prediction_outcome_correlation"),
-                        "cupac_variance_reduction": cupac.get("variance_reduction"),
-                        "cupac_note": cupac.get("note")})
+    m = document.parse(cache[d.id]).first.metric(metric)
+    for c in m.comparisons if m is not None else []:
+        cupac = c.estimators.get("cupac")
+        out.append({"treatment": c.treatment,
+                    "prediction_outcome_correlation":
+                        (c.diagnostics or {}).get("prediction_outcome_correlation"),
+                    "cupac_variance_reduction": None if cupac is None
+                    else cupac.variance_reduction,
+                    "cupac_note": None if cupac is None else cupac.note})
     return out
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import redis.exceptions
 
-from state.registry import ExperimentDef, Registry
+from state.definition import ExperimentDef
+from state.registry import Registry
 from state.store import connect
 from stream.kafka import ensure_topics, make_producer, wait_for_broker
 from stream.messages import Event, Exposure, encode_event, encode_exposure

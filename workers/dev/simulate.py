@@ -40,7 +40,8 @@ import msgspec
 import numpy as np
 import redis.exceptions
 
-from state.registry import DefinitionError, Registry, parse_definition
+from state.definition import DefinitionError, parse_definition
+from state.registry import Registry
 from state.store import connect
 from stream.messages import Event, Exposure, encode_event, encode_exposure
 from workers.cli.prologue import fail, run

@@ -12,10 +12,10 @@ from typing import Any, Final
 import msgspec
 
 from state import keys
+from state.definition import ExperimentDef
 from state.models import LoadedModel, ModelRegistry, SignatureError
 from state.naming import legacy_targets, parse_model_id, resolve_model_id
 from state.naming import model_id as make_model_id
-from state.registry import ExperimentDef
 from stream.batch import TrainingExample
 from workers.learner.online_model import DEFAULT_KIND, KINDS, OnlineModel
 

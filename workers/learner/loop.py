@@ -44,8 +44,9 @@ from typing import Any
 
 import redis.exceptions
 
+from state.definition import ExperimentDef
 from state.models import ModelRegistry
-from state.registry import ExperimentDef, Registry
+from state.registry import Registry
 from state.store import Client, connect
 from stream.kafka import TopicPartition, ensure_topics, make_consumer, partition_counts
 from workers.learner.checkpoint import (

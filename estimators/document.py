@@ -1,0 +1,212 @@
+"""The result document, typed: one set of msgspec Structs describing what
+``estimators.report`` + ``state.results`` + ``workers.analyze`` produce and what the API
+serves (``GET /v1/experiments/{id}/results``: its OpenAPI schema is :func:`json_schema`).
+
+Field names and values are those of the JSON document. Only what every producer always writes
+is required (names, arm sizes); fields that a producer may leave out
+(the API's ``estimator=`` and ``sequential=false`` shapes, the batch CLI's ``timeline``, a
+definition without a prior, …) have defaults, so they are not *required* in the schema;
+numbers are ``float | None`` because a degenerate estimate is ``null`` with a ``note``.
+Consumers navigate a document through :func:`parse` instead of string keys:
+
+>>> doc = parse({"experiment": "shop", "slices": [{"variations": [
+...     {"name": "control", "n": 10, "is_control": True}, {"name": "t", "n": 12,
+...     "is_control": False}], "metrics": [{"metric": "revenue", "kind": "numeric",
+...     "comparisons": [{"treatment": "t", "control": "control", "primary": "diff",
+...     "estimators": {"diff": {"estimator": "diff", "effect": 0.5}}}]}]}]})
+>>> c = doc.slices[0].metrics[0].comparisons[0]
+>>> c.estimators[c.primary].effect, doc.slices[0].total_units
+(0.5, 22)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+__all__ = ["Bayes", "Comparison", "CovariateCheck", "Decision", "Estimator", "MetricResult",
+           "ResultDocument", "Slice", "Srm", "Variation", "Window", "json_schema", "parse",
+           "to_builtins"]
+
+Number = float | None
+
+
+class Estimator(msgspec.Struct, kw_only=True):
+    """One estimator's comparison (``estimators.records.Estimate`` as JSON)."""
+
+    estimator: str = ""
+    effect: Number = None  # fixed horizon
+    se: Number = None
+    ci_low: Number = None
+    ci_high: Number = None
+    p_value: Number = None
+    rel_effect: Number = None  # relative (Fieller's interval, delta-method SE)
+    rel_ci_low: Number = None
+    rel_ci_high: Number = None
+    rel_se: Number = None
+    seq_ci_low: Number = None  # anytime-valid
+    seq_ci_high: Number = None
+    seq_p_value: Number = None
+    variance_reduction: Number = None  # against diff
+    ci_width_ratio: Number = None
+    r_squared: Number = None
+    treatment_mean: Number = None  # the (adjusted) arm means the effect is built on
+    control_mean: Number = None
+    treatment_se: Number = None
+    control_se: Number = None
+    adjusted_p_value: Number = None  # after the correction across metrics × treatments
+    adjusted_seq_p_value: Number = None
+    slice_bh_p_value: Number = None  # BH across a dimension's values (estimators.slices)
+    slice_bh_seq_p_value: Number = None
+    biased: bool = False
+    note: str | None = None
+
+
+class CovariateCheck(msgspec.Struct, kw_only=True):
+    """Balance test of one in-experiment candidate and whether it was used."""
+
+    name: str
+    p_value: Number = None
+    selected: bool = False
+    note: str | None = None
+
+
+class Bayes(msgspec.Struct, kw_only=True):
+    """Posterior means and decision quantities (``estimators.bayes``)."""
+
+    model: str | None = ""  # None: no Bayesian model (quantile metrics)
+    estimator: str = ""
+    control_posterior_mean: Number = None
+    treatment_posterior_mean: Number = None
+    precision_weight: Number = None
+    ci_low: Number = None
+    ci_high: Number = None
+    chance_to_beat_control: Number = None
+    expected_loss: Number = None
+    note: str | None = None
+
+
+class Comparison(msgspec.Struct, kw_only=True):
+    """One treatment against the control for one metric."""
+
+    treatment: str
+    control: str = ""
+    primary: str | None = "diff"
+    estimators: dict[str, Estimator] = {}
+    covariate_selection: list[CovariateCheck] = []
+    bayes: Bayes | None = None
+    diagnostics: dict[str, Any] | None = None
+    power: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None
+    proxy: dict[str, Any] | None = None
+    power_note: str | None = None  # why ``power`` is null (quantile metrics)
+
+    def primary_estimate(self) -> Estimator | None:
+        """The recommended estimator's numbers (None when filtered out)."""
+        return self.estimators.get(self.primary or "diff")
+
+
+class MetricResult(msgspec.Struct, kw_only=True):
+    """Every comparison of one metric."""
+
+    metric: str
+    kind: str = ""
+    comparisons: list[Comparison] = []
+    # kind ``quantile`` (estimators.quantiles): the quantile of metric ``of`` compared
+    quantile: Number = None
+    of: str | None = None
+    accuracy: Number = None
+    histogram_buckets: dict[str, int] | None = None
+
+
+class Variation(msgspec.Struct, kw_only=True):
+    name: str
+    n: int
+    is_control: bool = False
+
+
+class Srm(msgspec.Struct, kw_only=True):
+    """Sample-ratio mismatch: χ² p-value (reported), the anytime-valid one (decides)."""
+
+    p_value: Number = None
+    sequential_p_value: Number = None
+    flagged: bool = False
+    expected_weights: list[float] = []
+    note: str | None = None
+
+
+class Slice(msgspec.Struct, kw_only=True):
+    """One slice (``by`` = None: everyone): arm sizes, SRM and every metric."""
+
+    variations: list[Variation]
+    metrics: list[MetricResult] = []
+    by: dict[str, Any] | None = None
+    srm: Srm | None = None
+    counters: dict[str, int] | None = None
+    freshness: dict[str, Any] | None = None
+    timeline: list[dict[str, Any]] | None = None
+
+    @property
+    def total_units(self) -> int:
+        return sum(v.n for v in self.variations)
+
+    def metric(self, name: str) -> MetricResult | None:
+        return next((m for m in self.metrics if m.metric == name), None)
+
+
+class Window(msgspec.Struct, kw_only=True):
+    start: Number = None
+    end: Number = None
+    interval: str = "[start, end)"
+    phase: str | None = None
+
+
+class Decision(msgspec.Struct, kw_only=True):
+    """The verdict (``estimators.decision``): overall and per treatment."""
+
+    recommendation: str
+    reasons: list[str] = []
+    treatment: str | None = None
+    by_treatment: dict[str, dict[str, Any]] | None = None
+
+
+class ResultDocument(msgspec.Struct, kw_only=True):
+    """The whole result document (the API adds ``status``, ``query`` and ``freshness``)."""
+
+    slices: list[Slice]
+    experiment: str | None = None
+    window: Window | None = None
+    warnings: list[dict[str, Any]] = []
+    decision: Decision | None = None
+    prior: dict[str, Any] | None = None
+    timeline: list[dict[str, Any]] | None = None
+    status: str | None = None
+    query: dict[str, Any] | None = None
+    freshness: dict[str, Any] | None = None
+
+    @property
+    def first(self) -> Slice:
+        """The first slice (everyone, unless the document is sliced by a column)."""
+        return self.slices[0]
+
+
+def parse(doc: Mapping[str, Any] | bytes) -> ResultDocument:
+    """A produced document (a mapping, or its JSON) as typed structs."""
+    if isinstance(doc, bytes | bytearray | memoryview):
+        return msgspec.json.decode(doc, type=ResultDocument)
+    return msgspec.convert(doc, ResultDocument)
+
+
+def to_builtins(doc: ResultDocument) -> dict[str, Any]:
+    """Plain JSON-ready data (what a serialiser wants)."""
+    out: dict[str, Any] = msgspec.to_builtins(doc)
+    return out
+
+
+def json_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(schema of ResultDocument, its component schemas)`` in OpenAPI form."""
+    (schema,), components = msgspec.json.schema_components(
+        [ResultDocument], ref_template="#/components/schemas/{name}")
+    return schema, components
