@@ -50,6 +50,11 @@ def units(partition: int, experiment: str, bucket: int) -> str:
     return f"{tag(partition)}:u:{experiment}:{bucket}"
 
 
+def unit_pattern(partition: int, experiment: str) -> str:
+    """SCAN pattern for one experiment's unit buckets in a partition (bench/chaos checks)."""
+    return f"{tag(partition)}:u:{experiment}:*"
+
+
 def pending(partition: int) -> str:
     return f"{tag(partition)}:pend"
 
