@@ -51,7 +51,11 @@ def units(partition: int, experiment: str, bucket: int) -> str:
 
 
 def unit_pattern(partition: int, experiment: str) -> str:
-    """SCAN pattern for one experiment's unit buckets in a partition (bench/chaos checks)."""
+    """SCAN pattern for one experiment's unit buckets in a partition (bench/chaos checks).
+
+    >>> unit_pattern(3, "shop")
+    'ls:{3}:u:shop:*'
+    """
     return f"{tag(partition)}:u:{experiment}:*"
 
 
