@@ -44,7 +44,7 @@ import numpy as np
 from estimators.moments import FloatArray, MomentMatrix
 from state import keys
 from state.layout import ExperimentLayout
-from state.store import BatchWrite, PartitionStore, StoreError
+from state.store import BatchReads, BatchWrite, PartitionStore, StoreError
 from state.units import UnitState
 from stream import rules
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
@@ -129,6 +129,7 @@ class BatchBuilder:
         # (partition, experiment) → variation → the stored matrix as this builder last wrote it
         self._shifts: dict[tuple[int, str], dict[str, MomentMatrix]] = {}
         self._failing: dict[int, set[str]] = {}  # partition → experiments failing last batch
+        self._stored_matrices: Mapping[str, Mapping[str, bytes]] = {}  # of the current read
 
     def set_experiments(self, layouts: Mapping[str, ExperimentLayout]) -> None:
         self.layouts = dict(layouts)
@@ -269,8 +270,8 @@ class BatchBuilder:
                       (firsts[t] or None), nexts[t]) for t in sorted(firsts)]
         w.counters["dead_letters"] += len(out.dead_letters)
         w.counters["messages"] += len(records)
-        self._apply(partition, w, exposures, events, failed)
-        self._mature(partition, w, out, exposures, events, failed)
+        reads, initial = self._apply(partition, w, exposures, events, failed)
+        self._mature(partition, w, out, reads, initial, failed)
         return out
 
     def _failed_targets(self, msg: Exposure | Event, failed: Mapping[str, str]) -> list[str]:
@@ -315,7 +316,10 @@ class BatchBuilder:
         return list(self._routes.get(h.event, []))
 
     def _apply(self, p: int, w: BatchWrite, exposures: list[Exposure],
-               events: list[Event], failed: Collection[str] = ()) -> None:
+               events: list[Event], failed: Collection[str] = ()
+               ) -> tuple[BatchReads, Mapping[tuple[str, str], UnitState | None]]:
+        """The batch's rules over what one read returned: unit states, held events, matrix
+        deltas; returns the read and the states before the batch (for maturity)."""
         need: dict[str, set[str]] = defaultdict(set)
         for ex in exposures:
             need[ex.experiment].add(ex.unit)
@@ -324,13 +328,19 @@ class BatchBuilder:
             for name in ts:
                 need[name].add(e.unit)
         pending_units = sorted({x.unit for x in exposures} | {e.unit for e in events})
-        found, held_blobs = self.store.read_batch_state(
+        now = self.clock()
+        touched = bool(exposures or events)
+        reads = self.store.read_batch(
             p, {name: sorted(units) for name, units in need.items()}, pending_units,
-            self.buckets)
+            self.buckets, expired_before=now - self.grace if touched else None,
+            max_pending=self.max_pending, matured_by=self._maturity_cutoff(exposures, events),
+            matrices_of=[x for x in need if (p, x) not in self._shifts])
+        self._stored_matrices = reads.matrices
+        found = reads.states
         initial: dict[tuple[str, str], UnitState | None] = {
             (name, u): found.get((name, u)) for name, units in need.items() for u in units}
         current: dict[tuple[str, str], UnitState | None] = dict(initial)
-        held_stored = {u: _HELD_DECODE.decode(b) for u, b in held_blobs.items()}
+        held_stored = {u: _HELD_DECODE.decode(b) for u, b in reads.held.items()}
         held: dict[str, list[HeldEvent]] = {u: list(v) for u, v in held_stored.items()}
         held_changed: set[str] = set()
         last_ts: float | None = None
@@ -383,9 +393,9 @@ class BatchBuilder:
         w.last_event_ts = last_ts
         w.experiment_last_ts = {name: min(ts, self.clock() + CLOCK_SKEW_SECONDS)
                                 for name, ts in w.experiment_last_ts.items()}
-        self._settle_held(p, w, held, held_stored, held_changed, current,
-                          bool(held_stored or held_changed or exposures or events))
+        self._settle_held(p, w, reads, now, held, held_stored, held_changed, current)
         self._deltas(p, w, initial, current)
+        return reads, initial
 
     def _failed_only(self, e: Event, failed: Collection[str]) -> bool:
         return bool(failed) and any(x in failed for x in self._routes.get(e.event, []))
@@ -395,10 +405,10 @@ class BatchBuilder:
         return (e.experiment is not None
                 and self.layouts[e.experiment].definition.status != "running")
 
-    def _settle_held(self, p: int, w: BatchWrite, held: dict[str, list[HeldEvent]],
+    def _settle_held(self, p: int, w: BatchWrite, reads: BatchReads, now: float,
+                     held: dict[str, list[HeldEvent]],
                      held_stored: Mapping[str, Sequence[HeldEvent]], held_changed: set[str],
-                     current: Mapping[tuple[str, str], UnitState | None], touched: bool
-                     ) -> None:
+                     current: Mapping[tuple[str, str], UnitState | None]) -> None:
         """Prune held events every target already took, expire those past the grace period,
         then keep at most ``max_pending`` units held: evict the units held longest."""
         for u, lst in held.items():
@@ -406,7 +416,6 @@ class BatchBuilder:
             if len(keep) < len(lst):
                 held[u] = keep
                 held_changed.add(u)
-        now = self.clock()
         for u in sorted(held_changed):
             if held[u]:
                 w.pending_set[u] = _HELD.encode(held[u])
@@ -416,23 +425,21 @@ class BatchBuilder:
                 held_changed.discard(u)
                 if u in held_stored:
                     w.pending_del.add(u)
-        if touched:
-            for u in self.store.expired_pending(p, now - self.grace):
-                if u not in held_changed and u not in w.pending_del:
-                    w.pending_del.add(u)
-                    w.counters["held_expired"] += 1
+        for u in reads.expired:
+            if u not in held_changed and u not in w.pending_del:
+                w.pending_del.add(u)
+                w.counters["held_expired"] += 1
         new_units = [u for u in held if u in w.pending_queue_add]  # arrival order
         if not new_units:
             return
-        excess = (self.store.pending_count(p) - len(w.pending_del) + len(new_units)
-                  - self.max_pending)
+        excess = reads.pending_count - len(w.pending_del) + len(new_units) - self.max_pending
         if excess <= 0:
             return
-        victims = [u for u in self.store.oldest_pending(p, excess + len(w.pending_del))
+        victims = [u for u in reads.oldest[:excess + len(w.pending_del)]
                    if u not in w.pending_del][:excess]
         victims += new_units[:excess - len(victims)]
         missing = [u for u in victims if u not in held]
-        for u, blob in self.store.read_pending(p, missing).items():
+        for u, blob in self.store.read_pending(p, missing).items():  # at the bound only
             held[u] = list(_HELD_DECODE.decode(blob))
         for u in victims:
             self._count_evicted(w, u, held.get(u, []), current)
@@ -493,16 +500,23 @@ class BatchBuilder:
             versions.append(version)
         return tuple(versions)
 
-    def _mature(self, p: int, w: BatchWrite, out: PreparedBatch, exposures: list[Exposure],
-                events: list[Event], failed: Collection[str] = ()) -> None:
-        """Units whose outcome window closed become training examples (exposure features →
-        outcome); they were predicted at exposure, so no unit trains its own prediction."""
+    def _maturity_cutoff(self, exposures: Sequence[Exposure], events: Sequence[Event]
+                         ) -> float | None:
+        """Units whose outcome window closed by the batch's newest time mature (None: no
+        experiment predicts, or an empty batch)."""
         if not any(lay.prediction_columns for lay in self.layouts.values()):
-            return
+            return None
         times = [x.ts for x in exposures] + [e.ts for e in events]
         if not times:
-            return
-        members = self.store.matured(p, min(max(times), self.clock() + CLOCK_SKEW_SECONDS))
+            return None
+        return min(max(times), self.clock() + CLOCK_SKEW_SECONDS)
+
+    def _mature(self, p: int, w: BatchWrite, out: PreparedBatch, reads: BatchReads,
+                initial: Mapping[tuple[str, str], UnitState | None],
+                failed: Collection[str] = ()) -> None:
+        """Units whose outcome window closed become training examples (exposure features →
+        outcome); they were predicted at exposure, so no unit trains its own prediction."""
+        members = reads.matured
         if not members:
             return
         wanted: dict[str, list[str]] = defaultdict(list)
@@ -513,7 +527,11 @@ class BatchBuilder:
             if experiment in self.layouts:
                 wanted[experiment].append(unit)
             w.zrem.append((keys.maturity(p), m))
-        found, _ = self.store.read_batch_state(p, wanted, [], self.buckets)
+        unknown = {x: [u for u in units if (x, u) not in initial]
+                   for x, units in wanted.items()}
+        found, _ = self.store.read_batch_state(  # only the matured units the batch did not read
+            p, {x: units for x, units in unknown.items() if units}, [], self.buckets)
+        found.update({k: st for k, st in initial.items() if st is not None})
         pending_units = {(x, u): st for (x, u), st in w.unit_states.items()}
         for (experiment, unit), st in {**found, **pending_units}.items():
             if experiment not in wanted or unit not in wanted[experiment] or st.withdrawn:
@@ -559,7 +577,9 @@ class BatchBuilder:
         columns = self.layouts[experiment].columns
         cache = self._shifts.get((p, experiment))
         if cache is None:
-            cache = self.store.matrix_states(p, experiment, columns)
+            raw = self._stored_matrices.get(experiment)
+            cache = (self.store.matrix_states(p, experiment, columns) if raw is None else
+                     self.store.parse_matrices(columns, raw))
             self._shifts[(p, experiment)] = cache
         out = rules.shifted_delta(columns, cache.get(variation), new_u, old_u)
         cache[variation] = out.matrix
