@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,10 @@ def connect(url: str, cluster: bool = False) -> Client:
 
 @dataclass
 class BatchWrite:
-    """Everything one partition batch changes; applied by ``apply_batch.lua`` or not at all."""
+    """Everything one partition batch changes; applied by ``apply_batch.lua`` or not at all.
+
+    The builder fills it; :meth:`seal` freezes it (read-only mappings, tuples), after which
+    nothing changes it (``stream.commit``: a batch write is immutable once built)."""
 
     partition: int
     epoch: int
@@ -52,6 +56,28 @@ class BatchWrite:
     last_event_ts: float | None = None
     # experiment → newest event time routed to it in this batch (its own freshness)
     experiment_last_ts: dict[str, float] = field(default_factory=dict)
+    sealed: bool = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "sealed", False):
+            raise AttributeError(f"batch write of partition {self.partition} is sealed")
+        object.__setattr__(self, name, value)
+
+    def seal(self, counters: Mapping[str, int] | None = None) -> None:
+        """Add ``counters`` and freeze every field (idempotent)."""
+        if self.sealed:
+            return
+        for name, n in (counters or {}).items():
+            self.counters[name] += n
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                object.__setattr__(self, f.name, MappingProxyType(dict(value)))
+            elif isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+            elif isinstance(value, set):
+                object.__setattr__(self, f.name, frozenset(value))
+        object.__setattr__(self, "sealed", True)
 
 
 @dataclass(frozen=True)
@@ -315,11 +341,11 @@ class PartitionStore:
         for u in w.pending_del:
             args += [k(keys.pending(p)), u]
         zadd = [(keys.pending_queue(p), ts, u) for u, ts in w.pending_queue_add.items()]
-        zadd += w.zadd
+        zadd += list(w.zadd)
         args.append(len(zadd))
         for key, score, member in zadd:
             args += [k(key), repr(float(score)), member]
-        zrem = [(keys.pending_queue(p), u) for u in w.pending_del] + w.zrem
+        zrem = [(keys.pending_queue(p), u) for u in w.pending_del] + list(w.zrem)
         args.append(len(zrem))
         for key, member in zrem:
             args += [k(key), member]

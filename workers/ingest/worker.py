@@ -35,21 +35,20 @@ from state.models import ModelRegistry
 from state.registry import Registry
 from state.store import PartitionStore, connect
 from stream.batch import BatchBuilder, PreparedBatch, RawRecord, Topics
+from stream.commit import Applier, BatchCommit
 from stream.kafka import (
     ConsumerRebalanceListener,
     KafkaConsumer,
-    LogRange,
     OffsetAndMetadata,
     TopicPartition,
     deliver,
     ensure_topics,
-    log_ranges,
     make_consumer,
     make_producer,
     partition_counts,
 )
 from stream.messages import dead_letter
-from stream.offsets import describe, out_of_range, reset_partition
+from workers.ingest.guard import OffsetGuard
 from workers.settings import Settings
 
 log = logging.getLogger("liftstream.worker")
@@ -59,16 +58,9 @@ class CoPartitioningError(RuntimeError):
     """The exposures and events topics have different partition counts."""
 
 
-class _RangeUnknown(RuntimeError):
-    """A partition's log range could not be read (broker unreachable): check again later."""
-
-
 BACKOFF_FIRST_S = 0.2  # first retry delay after Redis or the broker refused; doubled ...
 BACKOFF_MAX_S = 5.0  # ... up to this (below max_poll_interval_ms: the group keeps us)
 SIDE_OUTPUT_TIMEOUT_S = 5.0  # how long a batch waits for its side outputs' acknowledgements
-RANGE_RECHECK_S = 2.0  # least time between two log-range checks of one partition
-HELD_POLL_S = 1.0  # how often a held partition looks for an offsets reset
-RANGE_TIMEOUT_S = 3.0  # budget of one log-range probe (well below max_poll_interval_ms)
 
 
 def redis_error_kind(exc: redis.RedisError) -> str:
@@ -90,13 +82,15 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        self.worker.applier.wait()  # its outcome is acted on by the loop
         self.worker.release({tp.partition for tp in revoked})
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker.applier.wait()
         self.worker.acquire({tp.partition for tp in assigned})
 
 
-class IngestWorker:
+class IngestWorker(OffsetGuard):
     """One ingest process (any number run in one consumer group)."""
 
     def __init__(self, settings: Settings, name: str = "worker") -> None:
@@ -130,6 +124,10 @@ class IngestWorker:
         self._pending_counters: dict[str, int] = defaultdict(int)  # counted, not yet written
         self._redis_delay = 0.0
         self._side_delay = 0.0
+        self.applier = Applier(self.store)  # the fenced apply in flight (stream.commit)
+        self._stale: set[int] = set()  # partitions re-sought since the last poll
+        self._to_commit: list[BatchCommit] = []  # applied, lag not committed yet
+        self._on_batch: Callable[[int, int], None] | None = None
 
     # -- start-up -------------------------------------------------------------------------
     def check_topics(self) -> int:
@@ -199,18 +197,6 @@ class IngestWorker:
             for p in claimed:
                 self._first_check(p, ranges)
 
-    def _first_check(self, p: int, ranges: dict[tuple[str, int], LogRange] | None = None
-                     ) -> None:
-        """The check on assignment, tried again every RANGE_RECHECK_S until it succeeds
-        (meanwhile the cheap checks guard: watermark and record offsets, see _rewound)."""
-        self._range_tried[p] = time.monotonic()
-        try:
-            self._check_range(p, ranges)
-        except (redis.RedisError, _RangeUnknown) as exc:  # again before the next apply
-            log.warning("%s: offsets of partition %d not checked yet: %s", self.name, p, exc)
-            return
-        self.unchecked.discard(p)
-
     def release(self, partitions: set[int]) -> None:
         self.unclaimed -= partitions
         for p in partitions:
@@ -218,123 +204,6 @@ class IngestWorker:
             self.held.pop(p, None)
             self.unchecked.discard(p)
             self.builder.forget(p)
-
-    # -- stored offsets against the log (stream.offsets) --------------------------------
-    def _tps(self, p: int) -> list[TopicPartition]:
-        return [TopicPartition(t, p) for t in (self.topics.exposures, self.topics.events)]
-
-    def _log_ranges(self, partitions: list[int]) -> dict[tuple[str, int], LogRange]:
-        s = self.settings
-        try:
-            return log_ranges(s.kafka_bootstrap,
-                              [(t, p) for p in partitions
-                               for t in (self.topics.exposures, self.topics.events)],
-                              timeout_s=RANGE_TIMEOUT_S, **s.kafka_options())
-        except Exception as exc:  # broker unreachable: judge again later
-            log.warning("%s: log ranges of partitions %s unknown: %s", self.name, partitions,
-                        exc)
-            return {}
-
-    def _check_range(self, p: int,
-                     ranges: dict[tuple[str, int], LogRange] | None = None) -> bool:
-        """Compare the stored offsets of ``p`` with its log; hold ``p`` (or, with
-        ``LIFTSTREAM_OFFSET_RESET=earliest``, reset it) when they lie outside. True when
-        ``p`` may be applied."""
-        stored = self.store.stored_offsets(p)
-        flags = self.store.partition_flags(p)
-        if not stored and not flags:
-            return True
-        if ranges is None or any((t, p) not in ranges for t in stored):
-            ranges = self._log_ranges([p])
-        unknown = [t for t in stored if (t, p) not in ranges]
-        if unknown:
-            raise _RangeUnknown(f"log range of {', '.join(unknown)} partition {p} unknown")
-        self._range_checked[p] = time.monotonic()
-        found = out_of_range(p, stored, ranges)
-        if not found and "offsets_out_of_range" not in flags:
-            return True
-        if found:
-            detail = describe(found)
-            if self.store.flag_out_of_range(p, detail, {f.topic: f.stored for f in found}):
-                self.stats["offsets_out_of_range"] += 1
-        else:
-            detail = flags["offsets_out_of_range"]
-        log.error("%s: stored offsets outside the log: %s", self.name, detail)
-        if self.settings.offset_reset == "earliest":
-            try:
-                result = reset_partition(self.store, p, [t.topic for t in self._tps(p)],
-                                         ranges, by="LIFTSTREAM_OFFSET_RESET=earliest")
-            except (LookupError, RuntimeError) as exc:  # tried again while held
-                log.error("%s: partition %d not reset yet: %s", self.name, p, exc)
-            else:
-                log.error("%s: %s", self.name, result.detail)
-                self._resume(p)
-                return True
-        self._hold(p, detail)
-        return False
-
-    def _hold(self, p: int, detail: str) -> None:
-        self.held[p] = detail
-        self.builder.forget(p)
-        assert self.consumer is not None
-        try:
-            self.consumer.pause(*self._tps(p))
-        except Exception as exc:  # not assigned (any more): nothing is fetched anyway
-            log.debug("pause %d: %s", p, exc)
-
-    def _resume(self, p: int) -> None:
-        """Continue ``p`` from the offsets Redis holds now (after an offsets reset)."""
-        self.held.pop(p, None)
-        self.builder.forget(p)
-        self._seek_stored(p)
-        assert self.consumer is not None
-        try:
-            self.consumer.resume(*self._tps(p))
-        except Exception as exc:
-            log.debug("resume %d: %s", p, exc)
-
-    def _watch_offsets(self) -> None:
-        """Before applying: resume held partitions that were reset; check the log range of
-        any owned partition whose high watermark (from fetch responses) fell below the
-        offset the owner expects stored, which only a reset log does."""
-        assert self.consumer is not None
-        now = time.monotonic()
-        for p in sorted(self.unchecked):
-            if p not in self.owned:
-                self.unchecked.discard(p)
-            elif now - self._range_tried.get(p, 0.0) >= RANGE_RECHECK_S:
-                self._first_check(p)
-        if self.held and now - self._held_checked >= HELD_POLL_S:
-            self._held_checked = now
-            for p in list(self.held):
-                if p not in self.owned:
-                    self.held.pop(p, None)
-                elif "offsets_out_of_range" not in self.store.partition_flags(p):
-                    log.info("%s: partition %d was reset; resuming from its stored offsets",
-                             self.name, p)
-                    self._resume(p)
-                elif self.settings.offset_reset == "earliest":
-                    self._recheck(p)
-        for p in list(self.owned):
-            if p in self.held or now - self._range_checked.get(p, 0.0) < RANGE_RECHECK_S:
-                continue
-            for tp in self._tps(p):
-                try:
-                    high = self.consumer.highwater(tp)
-                except Exception:  # not assigned (any more)
-                    break
-                expected = self.expected.get((tp.topic, p))
-                if high is not None and expected is not None and high < expected:
-                    self._recheck(p)
-                    break
-
-    def _recheck(self, p: int) -> None:
-        self._range_tried[p] = time.monotonic()
-        try:
-            self._check_range(p)
-        except _RangeUnknown as exc:  # tried again every RANGE_RECHECK_S
-            log.warning("%s: %s", self.name, exc)
-            self.unchecked.add(p)
 
     def _seek_stored(self, p: int) -> None:
         """Seek both topic-partitions to the offsets in Redis and expect exactly those."""
@@ -362,24 +231,25 @@ class IngestWorker:
             s.kafka_bootstrap, s.group_id, [s.topic_exposures, s.topic_events],
             listener=_Rebalance(self), client_id=self.name, max_poll_records=s.batch_size,
             overrides={"fetch_max_wait_ms": 100}, **sec)
+        self._on_batch = on_batch
         try:
             while not self.stop_event.is_set():
                 polled = self.consumer.poll(timeout_ms=s.batch_timeout_ms,
                                             max_records=s.batch_size)
                 by_partition: dict[int, list[RawRecord]] = defaultdict(list)
                 for tp, records in polled.items():
-                    for r in records:
-                        by_partition[tp.partition].append(
-                            RawRecord(tp.topic, r.offset, r.value, r.key))
+                    topic = tp.topic
+                    by_partition[tp.partition] += [RawRecord(topic, r.offset, r.value, r.key)
+                                                   for r in records]
+                self._stale.clear()
                 try:
+                    self._settle()  # the apply in flight, overlapped with the poll
                     if self.unclaimed:
                         self.acquire(set(self.unclaimed))
                     self.refresh_experiments()
                     self._watch_offsets()
                     for p, records in by_partition.items():
                         self._apply(p, records)
-                        if on_batch is not None:
-                            on_batch(p, len(records))
                     self._write_pending_counters()
                     self._redis_delay = 0.0
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -392,8 +262,12 @@ class IngestWorker:
             self.close()
 
     def _apply(self, p: int, records: list[RawRecord]) -> None:
+        """Build the batch, have its side outputs acknowledged, then start its fenced apply
+        (:class:`stream.commit.BatchCommit`); it is settled before the partition is read
+        or written again (the next apply, the next poll, a rebalance)."""
+        self._settle()
         epoch = self.owned.get(p)
-        if epoch is None or p in self.held:
+        if epoch is None or p in self.held or p in self._stale:
             return
         if self._rewound(p, records):
             return
@@ -401,31 +275,46 @@ class IngestWorker:
         try:
             stored = {t: self.expected.get((t, p)) for t in
                       (self.topics.exposures, self.topics.events)}
-            batch = self.builder.build(p, epoch, records, stored)
+            commit = BatchCommit(p, self.builder.build(p, epoch, records, stored),
+                                 len(records))
         except Exception:
             self.builder.forget(p)
             raise
-        errors = self._send_side_outputs(batch, p)
-        if errors:
-            self._side_outputs_refused(p, len(batch.dead_letters) + len(batch.training), errors)
+        if not commit.side_outputs(lambda b: self._send_side_outputs(b, p)):
+            batch = commit.batch
+            self._side_outputs_refused(p, len(batch.dead_letters) + len(batch.training),
+                                       commit.errors)
             return
         self._side_delay = 0.0
-        batch.write.counters["batches"] += 1
-        batch.write.counters["batch_micros"] += int((time.perf_counter() - t0) * 1e6)
-        outcome = self.store.apply(batch.write)
+        commit.seal({"batches": 1, "batch_micros": int((time.perf_counter() - t0) * 1e6)})
         self.stats["batch_seconds"] += time.perf_counter() - t0
+        self.applier.submit(commit)
+
+    def _settle(self) -> None:
+        """Wait for the apply in flight and act on its outcome (store errors propagate)."""
+        commit = self.applier.settle()
+        if commit is None:
+            return
+        p, outcome = commit.partition, commit.outcome
+        assert outcome is not None
         if outcome.applied:
-            for topic, _, nxt in batch.write.offsets:
+            for topic, _, nxt in commit.write.offsets:
                 self._applied[TopicPartition(topic, p)] = nxt
                 self.expected[topic, p] = nxt
-            self.stats["messages"] += len(records)
+            self.stats["messages"] += commit.records
             self.stats["batches"] += 1
-            self.stats["dead_letters"] += len(batch.dead_letters)
+            self.stats["dead_letters"] += len(commit.batch.dead_letters)
+            self._to_commit.append(commit)
+            if self._on_batch is not None:
+                self._on_batch(p, commit.records)
             return
+        self._stale.add(p)  # what was polled after this batch is read again
         self.builder.forget(p)
         self.stats[f"refused_{outcome.reason}"] += 1
         log.warning("%s: batch of partition %d refused (%s %s)", self.name, p, outcome.reason,
                     outcome.detail)
+        if self.owned.get(p) != commit.write.epoch:
+            return  # released or claimed again since: already sought to its stored offsets
         assert self.consumer is not None
         if outcome.reason == "epoch":
             # someone claimed p since; if Kafka still assigns it here, claim it back
@@ -439,6 +328,7 @@ class IngestWorker:
         """Redis went away: wait for it, then resume every owned partition from the offsets
         it actually holds (an AOF restart may have lost its last writes)."""
         log.warning("%s: Redis unavailable (%s); waiting", self.name, exc)
+        self._drain()
         delay = 0.2
         while not self.stop_event.is_set():
             try:
@@ -451,51 +341,6 @@ class IngestWorker:
             except redis.RedisError:  # still down, loading, or refusing (BUSY): wait
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
-
-    def _rewound(self, p: int, records: list[RawRecord]) -> bool:
-        """The batch does not continue from the offset the owner expects stored: a record
-        below it (the log went back: the consumer re-read a reset log from its start), or a
-        first record beyond it (the consumer jumped, e.g. to a beginning retention moved past
-        it; also transaction markers and compaction, hence a range check at most every
-        RANGE_RECHECK_S). True when the batch is dropped (``p`` held, or read again)."""
-        firsts: dict[str, int] = {}
-        for r in records:
-            firsts[r.topic] = min(firsts.get(r.topic, r.offset), r.offset)
-        back = forward = False
-        for topic, first in firsts.items():
-            expected = self.expected.get((topic, p))
-            back = back or (expected is not None and first < expected)
-            forward = forward or (expected is not None and first > expected)
-        recent = time.monotonic() - self._range_checked.get(p, 0.0) < RANGE_RECHECK_S
-        if not back and (not forward or recent):
-            return False
-        log.warning("%s: partition %d batch starts at %s, stored offsets expected %s",
-                    self.name, p, firsts,
-                    {t: self.expected.get((t, p)) for t in firsts})
-        self._range_tried[p] = time.monotonic()
-        try:
-            ok = self._check_range(p)
-        except _RangeUnknown as exc:  # not judged: read the batch again, judge again
-            log.warning("%s: %s", self.name, exc)
-            self.builder.forget(p)
-            self._rewind(p)
-            return True
-        if ok and not back:
-            return False
-        if ok:
-            self.builder.forget(p)
-            self._seek_stored(p)
-        return True
-
-    def _rewind(self, p: int) -> None:
-        """Seek ``p`` back to the offsets the owner expects stored (no Redis read)."""
-        assert self.consumer is not None
-        for tp in self._tps(p):
-            expected = self.expected.get((tp.topic, p))
-            if expected is None:
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, expected)
 
     def _send_side_outputs(self, batch: PreparedBatch, p: int) -> list[str]:
         """Dead letters and training examples, before the batch is applied (at least once):
@@ -525,6 +370,7 @@ class IngestWorker:
     def _redis_refused(self, exc: redis.RedisError) -> None:
         """Redis answered with an error (OOM, READONLY, BUSY, a script error): keep the
         partitions, rewind them to the offsets expected stored, back off, retry."""
+        self._drain()
         kind = redis_error_kind(exc)
         self._pending_counters["redis_errors"] += 1
         self._pending_counters[f"redis_errors_{kind}"] += 1
@@ -549,13 +395,26 @@ class IngestWorker:
         assert self.consumer is not None
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._applied.items()
                    if tp.partition in self.owned}
+        for commit in self._to_commit:
+            commit.lag_committed()
+        self._to_commit.clear()
         if offsets:
             try:
                 self.consumer.commit_async(offsets)
             except Exception as exc:  # lag monitoring only: never fatal
                 log.debug("commit for lag failed: %s", exc)
 
+    def _drain(self) -> None:
+        """Settle the apply in flight whatever it met (its partition's stored offsets decide
+        where it continues)."""
+        try:
+            self._settle()
+        except redis.RedisError as exc:
+            log.debug("%s: the apply in flight failed: %s", self.name, exc)
+
     def close(self) -> None:
+        self._drain()
+        self.applier.close()
         if self.models is not None:
             self.models.stop()
         if self.consumer is not None:

@@ -1,0 +1,14 @@
+"""``liftstream worker``: the ingest process (:mod:`workers.ingest.worker`), its guard of
+stored offsets against the log (:mod:`workers.ingest.guard`); the commit sequence of a batch
+is :mod:`stream.commit`."""
+
+from workers.ingest.worker import (
+    CoPartitioningError,
+    IngestWorker,
+    make_producer,
+    redis_error_kind,
+    run_worker,
+)
+
+__all__ = ["CoPartitioningError", "IngestWorker", "make_producer", "redis_error_kind",
+           "run_worker"]
