@@ -64,38 +64,49 @@ def profile(s: Settings, total: int, top: int = 5) -> dict[str, Any]:
     worker = subprocess.Popen([str(exe), "worker", "--name", "profiled"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = Path(tempfile.mkdtemp()) / "profile.txt"
-    spy_proc = subprocess.Popen([spy, "record", "--pid", str(worker.pid), "--rate", str(RATE),
-                                 "--nonblocking", "--format", "raw", "-o", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    spy_proc: subprocess.Popen[bytes] | None = None
+    first = 0
     try:
         start = None
         while True:
             n = partition_count(client)
             done = int(read_counters(client, range(n)).get("messages", 0)) if n else 0
-            if done and start is None:
-                start = time.perf_counter()
+            if done and start is None:  # sample the ingest, not the start-up
+                start, first = time.perf_counter(), done
+                spy_proc = subprocess.Popen(
+                    [spy, "record", "--pid", str(worker.pid), "--rate", str(RATE),
+                     "--nonblocking", "--format", "raw", "-o", str(out)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             if done >= total or worker.poll() is not None:
                 break
             time.sleep(0.05)
         wall = time.perf_counter() - (start or time.perf_counter())
     finally:
-        spy_proc.send_signal(signal.SIGINT)
-        try:
-            _, err = spy_proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            spy_proc.kill()
-            err = b""
+        err = b""
+        if spy_proc is not None:
+            err = _stop(spy_proc)
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
     if not out.exists():
         return {"error": f"py-spy wrote no profile: {err.decode(errors='replace')[-300:]}"}
+    total -= first
     costs, samples = self_costs(out.read_text())
+
     per_msg = 1e6 / RATE / total
     return {"messages": total, "samples": samples, "seconds": round(wall, 1),
             "us_per_message_sampled": round(samples * per_msg, 2),
             "top": [{"function": f, "share": round(n / max(samples, 1), 3),
                      "us_per_message": round(n * per_msg, 2)}
                     for f, n in costs.most_common(top)]}
+
+
+def _stop(spy: subprocess.Popen[bytes]) -> bytes:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+    try:
+        return spy.communicate(timeout=60)[1] or b""
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        return b""
 
 
 def markdown(prof: dict[str, Any]) -> list[str]:

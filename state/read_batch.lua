@@ -7,7 +7,7 @@
 --   count, unit ids to look up in the pending hash (held events)
 --   expired cutoff ("" = none): pending units first held before it ...
 --   expired limit                       ... at most this many, oldest first
---   max pending, new held at most       oldest held units, as many as eviction may need
+--   max pending (-1: none), new held at most   oldest held units eviction may need
 --   maturity cutoff ("" = none), limit  members whose outcome window closed by the cutoff
 -- Returns {values, pending count, expired, oldest, matured, matrices}: values is one flat list
 -- (false = absent) in argument order, matrices one HGETALL reply per matrices key.
@@ -49,7 +49,7 @@ end
 local count = redis.call('HLEN', pending)
 local max_pending, new_max = tonumber(nextarg()), tonumber(nextarg())
 local oldest = {}
-if count + new_max > max_pending then
+if max_pending >= 0 and count + new_max > max_pending then
   oldest = redis.call('ZRANGE', queue, 0, count + new_max - max_pending - 1)
 end
 

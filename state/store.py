@@ -189,11 +189,11 @@ class PartitionStore:
     def read_batch(self, partition: int, wanted: Mapping[str, Sequence[str]],
                    pending_units: Sequence[str], buckets: int, *,
                    expired_before: float | None = None, expired_limit: int = 1000,
-                   max_pending: int = 0, matured_by: float | None = None,
+                   max_pending: int = -1, matured_by: float | None = None,
                    matured_limit: int = 2000, matrices_of: Sequence[str] = ()) -> BatchReads:
         """Unit states of ``experiment → units``, held events of ``pending_units``, the held
         count, units held since before ``expired_before``, the oldest held units eviction
-        may need (``max_pending``: the bound; as many as ``pending_units`` may add), maturity
+        may need (``max_pending``: the bound, -1 none; ``pending_units`` may add as many), maturity
         members due by ``matured_by`` and the stored matrices of ``matrices_of``: one call."""
         by_key: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for experiment, units in wanted.items():
