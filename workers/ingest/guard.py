@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -49,8 +49,8 @@ class OffsetGuard:
     _range_tried: dict[int, float]
     _held_checked: float
 
-    def _seek_stored(self, p: int) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the worker
+        def _seek_stored(self, p: int) -> None: ...
 
     def _first_check(self, p: int, ranges: dict[tuple[str, int], LogRange] | None = None
                      ) -> None:
