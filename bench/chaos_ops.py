@@ -31,8 +31,8 @@ import pandas as pd
 from bench.chaos import Cluster, Tally, Workload, tally, workload
 from state.store import partition_count, read_counters, read_partition_warnings
 from stream.kafka import ensure_topics
-from workers import ingest
 from workers.dev.embedded import Broker, RedisServer, start_broker, start_redis
+from workers.ingest import worker as ingest
 
 Scenario = Callable[[Broker, RedisServer], Tally]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import ingest_profile
 from state.definition import parse_definition
 from state.layout import ExperimentLayout
 from state.registry import Registry
@@ -166,8 +167,10 @@ def process_rate(s: Settings, total: int, workers: int) -> float:
             p.wait(timeout=30)
 
 
-def throughput(units: int, partitions: int = 4, scaling: bool = False) -> dict[str, Any]:
-    """Worker vs bare consumer on the same topics, same run (and 1 vs 2 worker processes)."""
+def throughput(units: int, partitions: int = 4, scaling: bool = False,
+               profiled: bool = False) -> dict[str, Any]:
+    """Worker vs bare consumer on the same topics, same run (and 1 vs 2 worker processes,
+    and a py-spy profile of one worker process)."""
     with start_broker() as broker, start_redis() as redis_server:
         s = _fresh_settings(broker.bootstrap, redis_server.url, "b", partitions)
         client = connect(s.redis_url)
@@ -187,6 +190,13 @@ def throughput(units: int, partitions: int = 4, scaling: bool = False) -> dict[s
                 _publish(s_n, msgs)
                 rates[str(n)] = round(process_rate(s_n, len(msgs), n))
             out["scaling"] = rates
+            out["two_over_one"] = round(rates["2"] / rates["1"], 3)
+        if profiled:
+            s_p = _fresh_settings(broker.bootstrap, redis_server.url, "prof", partitions)
+            client.flushall()
+            Registry(client).create(parse_definition(DEFINITION))
+            _publish(s_p, msgs)
+            out["profile"] = ingest_profile.profile(s_p, len(msgs))
         return out
 
 
@@ -199,10 +209,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--units", type=int, default=50_000)
     ap.add_argument("--memory-units", type=int, default=100_000)
-    ap.add_argument("--scaling", action="store_true")
+    ap.add_argument("--scaling", action="store_true", help="also 1, 2 and 3 worker processes")
+    ap.add_argument("--profile", action="store_true", help="also a py-spy profile")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory figure")
     args = ap.parse_args()
-    print(json.dumps({"throughput": throughput(args.units, scaling=args.scaling),
-                      "memory": memory_only(args.memory_units)}, indent=1))
+    out = {"throughput": throughput(args.units, scaling=args.scaling, profiled=args.profile)}
+    if not args.no_memory:
+        out["memory"] = memory_only(args.memory_units)
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

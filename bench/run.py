@@ -68,7 +68,7 @@ def run(quick: bool) -> dict[str, Any]:
     r: dict[str, Any] = {}
     timed("startup", lambda: startup.run(5 if quick else 15), r)
     units = 15_000 if quick else 100_000
-    timed("ingest", lambda: ingest.throughput(units, scaling=not quick), r)
+    timed("ingest", lambda: ingest.throughput(units, scaling=not quick, profiled=not quick), r)
     timed("memory", lambda: ingest.memory_only(100_000 if quick else 1_000_000), r)
     timed("efficiency", lambda: {"hillstrom": efficiency.hillstrom(),
                                  "cookie_cats": efficiency.cookie_cats(),
@@ -145,10 +145,15 @@ def markdown(r: dict[str, Any], command: str) -> str:
                   f"4 partitions",
                   f"- bare kafka-python consumer: {ing['bare_consumer_msgs_per_s']:,} msg/s",
                   f"- one `liftstream worker`: {ing['worker_msgs_per_s']:,} msg/s — "
-                  f"**{ing['ratio']:.2f}×** the bare consumer (goal ≥ 0.7×)"]
+                  f"**{ing['ratio']:.2f}×** the bare consumer (goal ≥ 0.8×)"]
         for k, v in ing.get("scaling", {}).items():
             lines.append(f"- {k} worker process(es): {v:,} msg/s")
+        if "two_over_one" in ing:
+            lines.append(f"- 2 workers ÷ 1 worker: **{ing['two_over_one']:.2f}×**")
         lines.append("")
+        if "profile" in ing:
+            from bench import ingest_profile
+            lines += ingest_profile.markdown(ing["profile"])
     mem = r.get("memory", {})
     if "bytes_per_unit" in mem:
         lines += ["## Memory", "",

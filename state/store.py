@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 import redis
@@ -31,7 +32,10 @@ def connect(url: str, cluster: bool = False) -> Client:
 
 @dataclass
 class BatchWrite:
-    """Everything one partition batch changes; applied by ``apply_batch.lua`` or not at all."""
+    """Everything one partition batch changes; applied by ``apply_batch.lua`` or not at all.
+
+    The builder fills it; :meth:`seal` freezes it (read-only mappings, tuples), after which
+    nothing changes it (``stream.commit``: a batch write is immutable once built)."""
 
     partition: int
     epoch: int
@@ -59,6 +63,41 @@ class BatchWrite:
         default_factory=dict)
     slice_matrix_bases: dict[tuple[str, str, bytes], FloatArray] = field(default_factory=dict)
     unit_slices: dict[tuple[str, int, str], bytes] = field(default_factory=dict)
+    sealed: bool = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "sealed", False):
+            raise AttributeError(f"batch write of partition {self.partition} is sealed")
+        object.__setattr__(self, name, value)
+
+    def seal(self, counters: Mapping[str, int] | None = None) -> None:
+        """Add ``counters`` and freeze every field (idempotent)."""
+        if self.sealed:
+            return
+        for name, n in (counters or {}).items():
+            self.counters[name] += n
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                object.__setattr__(self, f.name, MappingProxyType(dict(value)))
+            elif isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+            elif isinstance(value, set):
+                object.__setattr__(self, f.name, frozenset(value))
+        object.__setattr__(self, "sealed", True)
+
+
+@dataclass(frozen=True)
+class BatchReads:
+    """Everything a batch reads before its apply (one ``read_batch.lua`` call)."""
+
+    states: dict[tuple[str, str], UnitState]  # (experiment, unit) → stored state
+    held: dict[str, bytes]  # unit → its held events (msgpack)
+    pending_count: int  # units held in the partition
+    expired: list[str]  # units first held before the expiry cutoff, oldest first
+    oldest: list[str]  # the units held longest, as many as eviction at the bound may need
+    matured: list[str]  # maturity members ``<experiment>\x00<unit>`` due by the cutoff
+    matrices: dict[str, dict[str, bytes]]  # experiment → variation → stored matrix blob
 
 
 @dataclass(frozen=True)
@@ -76,6 +115,7 @@ class PartitionStore:
         lua = resources.files("state")
         self._script = client.register_script(lua.joinpath("apply_batch.lua").read_text())
         self._read = client.register_script(lua.joinpath("read_units.lua").read_text())
+        self._read_batch = client.register_script(lua.joinpath("read_batch.lua").read_text())
         self._reset = client.register_script(lua.joinpath("reset_offsets.lua").read_text())
 
     def set_partition_count(self, partitions: int) -> None:
@@ -140,7 +180,59 @@ class PartitionStore:
                       ) -> dict[str, MomentMatrix]:
         """The stored matrices of one experiment in one partition, per variation."""
         raw: Any = self.client.hgetall(keys.matrices(partition, experiment))
-        return {_text(k): MomentMatrix.from_bytes(columns, v) for k, v in raw.items()}
+        return self.parse_matrices(columns, raw)
+
+    def read_batch(self, partition: int, wanted: Mapping[str, Sequence[str]],
+                   pending_units: Sequence[str], buckets: int, *,
+                   expired_before: float | None = None, expired_limit: int = 1000,
+                   max_pending: int = -1, matured_by: float | None = None,
+                   matured_limit: int = 2000, matrices_of: Sequence[str] = ()) -> BatchReads:
+        """Unit states of ``experiment → units``, held events of ``pending_units``, the held
+        count, units held since before ``expired_before``, the oldest held units eviction
+        may need (``max_pending``: the bound, -1 none; ``pending_units`` may add as many), maturity
+        members due by ``matured_by`` and the stored matrices of ``matrices_of``: one call."""
+        by_key: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for experiment, units in wanted.items():
+            for u in units:
+                by_key[keys.units(partition, experiment, keys.bucket_of(u, buckets))].append(
+                    (experiment, u))
+        key_list = list(by_key)
+        args: list[Any] = [len(key_list)]
+        for k in key_list:
+            entries = by_key[k]
+            args.append(len(entries))
+            args.extend(u for _, u in entries)
+        args.append(len(pending_units))
+        args.extend(pending_units)
+        args += ["" if expired_before is None else repr(float(expired_before)), expired_limit,
+                 max_pending, len(pending_units),
+                 "" if matured_by is None else repr(float(matured_by)), matured_limit]
+        mkeys = [keys.matrices(partition, x) for x in matrices_of]
+        res = self._read_batch(keys=[*key_list, keys.pending(partition),
+                                     keys.pending_queue(partition), keys.maturity(partition),
+                                     *mkeys], args=args)
+        values, count, expired, oldest, matured, matrices = res
+        it = iter(values)
+        states: dict[tuple[str, str], UnitState] = {}
+        for k in key_list:
+            for entry in by_key[k]:
+                blob = next(it)
+                if blob:
+                    states[entry] = UnitState.unpack(blob)
+        held = {u: b for u, b in zip(pending_units, it, strict=True) if b}
+        stored = {x: {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+                  for x, flat in zip(matrices_of, matrices, strict=True)}
+        return BatchReads(states, held, int(count), [_text(u) for u in expired],
+                          [_text(u) for u in oldest], [_text(m) for m in matured], stored)
+
+    @staticmethod
+    def parse_matrices(columns: Sequence[str], raw: Mapping[Any, bytes]
+                       ) -> dict[str, MomentMatrix]:
+        """Stored matrices ``variation → blob`` as :class:`MomentMatrix` (raises on a blob
+        whose length does not fit ``columns``)."""
+        return {_text(k): MomentMatrix.from_bytes(columns, v)
+                for k, v in raw.items()}
+
 
     def read_batch_state(self, partition: int, wanted: Mapping[str, Sequence[str]],
                          pending_units: Sequence[str], buckets: int
@@ -231,11 +323,11 @@ class PartitionStore:
         for u in w.pending_del:
             args += [k(keys.pending(p)), u]
         zadd = [(keys.pending_queue(p), ts, u) for u, ts in w.pending_queue_add.items()]
-        zadd += w.zadd
+        zadd += list(w.zadd)
         args.append(len(zadd))
         for key, score, member in zadd:
             args += [k(key), repr(float(score)), member]
-        zrem = [(keys.pending_queue(p), u) for u in w.pending_del] + w.zrem
+        zrem = [(keys.pending_queue(p), u) for u in w.pending_del] + list(w.zrem)
         args.append(len(zrem))
         for key, member in zrem:
             args += [k(key), member]

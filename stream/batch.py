@@ -31,7 +31,6 @@ the stored matrix's shifted coordinates.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -46,13 +45,16 @@ from estimators.moments import FloatArray, MomentMatrix
 from estimators.quantiles import DEFAULT_ACCURACY, histogram_delta
 from state import keys
 from state.layout import ExperimentLayout
-from state.store import BatchWrite, PartitionStore, StoreError
-from state.units import WITHDRAWN, UnitState
-from state.window import accepts, in_window
+from state.store import BatchReads, BatchWrite, PartitionStore, StoreError
+from state.units import UnitState
+from stream import rules
 from stream.messages import Event, Exposure, Rejected, parse_event, parse_exposure
-from stream.preperiod import hold_extension, pre_columns
-from stream.shifts import initial_shift, next_shift, recentre_sums
+from stream.preperiod import hold_extension
+from stream.rules import COUNTED, IGNORED, HeldEvent, fingerprint, outer_sum
 from stream.slices import SliceDeltas
+
+__all__ = ["BatchBuilder", "DeadLetter", "HeldEvent", "PreparedBatch", "RawRecord", "Topics",
+           "TrainingExample", "fingerprint", "outer_sum"]
 
 log = logging.getLogger("liftstream.batch")
 
@@ -78,14 +80,6 @@ class PreparedBatch:
     training: list[bytes] = field(default_factory=list)  # matured units, for the learner
 
 
-class HeldEvent(msgspec.Struct, array_like=True):
-    event: str
-    value: float
-    ts: float
-    experiment: str | None = None
-    id: str | None = None
-
-
 CLOCK_SKEW_SECONDS = 60.0  # event times beyond now + this count as now (freshness, maturity)
 MAX_HELD_PER_UNIT = 1000  # held events per unit; beyond, its oldest held event is evicted
 DEFAULT_IDS_PER_UNIT = 1000  # remembered event ids per unit and experiment (settings default)
@@ -93,12 +87,6 @@ _HELD = msgspec.msgpack.Encoder()
 _HELD_DECODE = msgspec.msgpack.Decoder(list[HeldEvent])
 _NO_ROUTES: list[str] = []  # shared, never mutated
 Parsed = tuple[RawRecord, Exposure | Event | None, str | None]  # record, message, reject reason
-
-
-def fingerprint(event_id: str) -> int:
-    """64-bit BLAKE2b fingerprint of an event id: two of ``n`` remembered ids collide with
-    probability about ``n² / 2⁶⁵`` (3e-12 at 10,000)."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
 class Predictor(Protocol):
@@ -145,6 +133,7 @@ class BatchBuilder:
         self._shifts: dict[tuple[int, str], dict[str, MomentMatrix]] = {}
         self._failing: dict[int, set[str]] = {}  # partition → experiments failing last batch
         self.slices = SliceDeltas(store, buckets)  # dimension slices (stream/slices.py)
+        self._stored_matrices: Mapping[str, Mapping[str, bytes]] = {}  # of the current read
 
     def set_experiments(self, layouts: Mapping[str, ExperimentLayout]) -> None:
         self.layouts = dict(layouts)
@@ -286,8 +275,8 @@ class BatchBuilder:
                       (firsts[t] or None), nexts[t]) for t in sorted(firsts)]
         w.counters["dead_letters"] += len(out.dead_letters)
         w.counters["messages"] += len(records)
-        self._apply(partition, w, exposures, events, failed)
-        self._mature(partition, w, out, exposures, events, failed)
+        reads, initial = self._apply(partition, w, exposures, events, failed)
+        self._mature(partition, w, out, reads, initial, failed)
         return out
 
     def _failed_targets(self, msg: Exposure | Event, failed: Mapping[str, str]) -> list[str]:
@@ -332,7 +321,10 @@ class BatchBuilder:
         return list(self._routes.get(h.event, []))
 
     def _apply(self, p: int, w: BatchWrite, exposures: list[Exposure],
-               events: list[Event], failed: Collection[str] = ()) -> None:
+               events: list[Event], failed: Collection[str] = ()
+               ) -> tuple[BatchReads, Mapping[tuple[str, str], UnitState | None]]:
+        """The batch's rules over what one read returned: unit states, held events, matrix
+        deltas; returns the read and the states before the batch (for maturity)."""
         need: dict[str, set[str]] = defaultdict(set)
         for ex in exposures:
             need[ex.experiment].add(ex.unit)
@@ -341,54 +333,42 @@ class BatchBuilder:
             for name in ts:
                 need[name].add(e.unit)
         pending_units = sorted({x.unit for x in exposures} | {e.unit for e in events})
-        found, held_blobs = self.store.read_batch_state(
+        now = self.clock()
+        touched = bool(exposures or events)
+        reads = self.store.read_batch(
             p, {name: sorted(units) for name, units in need.items()}, pending_units,
-            self.buckets)
+            self.buckets, expired_before=now - self.grace if touched else None,
+            max_pending=self.max_pending, matured_by=self._maturity_cutoff(exposures, events),
+            matrices_of=[x for x in need if (p, x) not in self._shifts])
+        self._stored_matrices = reads.matrices
+        found = reads.states
         initial: dict[tuple[str, str], UnitState | None] = {
             (name, u): found.get((name, u)) for name, units in need.items() for u in units}
         current: dict[tuple[str, str], UnitState | None] = dict(initial)
-        held_stored = {u: _HELD_DECODE.decode(b) for u, b in held_blobs.items()}
+        held_stored = {u: _HELD_DECODE.decode(b) for u, b in reads.held.items()}
         held: dict[str, list[HeldEvent]] = {u: list(v) for u, v in held_stored.items()}
         held_changed: set[str] = set()
         last_ts: float | None = None
 
         for x in exposures:
             lay = self.layouts[x.experiment]
-            d = lay.definition
-            if not accepts(d.status, d.start, d.end, x.ts):
-                name = "exposures_after_stop" if d.status != "running" else \
-                    "exposures_outside_window"
-                w.counters[f"{x.experiment}:{name}"] += 1
+            refused = rules.exposure_refusal(lay, x.ts)
+            if refused is not None:
+                w.counters[f"{x.experiment}:{refused}"] += 1
                 continue
             key = (x.experiment, x.unit)
             st = current.get(key)
-            v = d.variations.index(x.variation)
+            v = lay.definition.variations.index(x.variation)
+            created = None
             if st is None:
-                raw = [0.0] * lay.width
-                for name, value in x.covariates.items():
-                    col = lay.covariate_columns.get(name)
-                    if col is not None:
-                        raw[col] = value
-                versions: tuple[int, ...] = ()
-                if lay.prediction_columns:
-                    versions = self._freeze_predictions(lay, raw)
-                    window = self._window_end(lay, x.ts)
-                    if window is not None:
-                        w.zadd.append((keys.maturity(p), window, f"{x.experiment}\x00{x.unit}"))
-                st = UnitState(v, 0, x.ts, tuple(raw), (), versions)
-                for h in held.get(x.unit, []):
-                    if h.experiment in (None, x.experiment) and h.event in lay.event_columns:
-                        st = self._count(lay, st, h.event, h.value, h.ts, h.id, w, x.experiment)
-                current[key] = st
-                w.counters[f"{x.experiment}:exposures"] += 1
-            elif st.withdrawn:
-                w.counters[f"{x.experiment}:repeat_exposures"] += 1
-            elif st.variation != v:
-                current[key] = UnitState(st.variation, st.flags | WITHDRAWN, st.exposed_at,
-                                         st.raw, st.seen, st.versions)
-                w.counters[f"{x.experiment}:withdrawn"] += 1
-            else:
-                w.counters[f"{x.experiment}:repeat_exposures"] += 1
+                created = self._new_unit(p, w, lay, x, v)
+                created, outcomes = rules.release_held(lay, created, held.get(x.unit, ()),
+                                                       self.max_ids)
+                for h, c in outcomes:
+                    self._counted(w, x.experiment, c, h.ts)
+            after, outcome = rules.expose(st, v, created)
+            current[key] = after
+            w.counters[f"{x.experiment}:{outcome}"] += 1
 
         for e, ts in zip(events, targets, strict=True):
             last_ts = e.ts if last_ts is None else max(last_ts, e.ts)
@@ -399,8 +379,10 @@ class BatchBuilder:
                 if est is None:
                     missing = True
                     continue
-                current[ekey] = self._count(self.layouts[name], est, e.event, e.value, e.ts,
-                                            e.id, w, name)
+                c = rules.count_event(self.layouts[name], est, e.event, e.value, e.ts, e.id,
+                                      self.max_ids)
+                self._counted(w, name, c, e.ts)
+                current[ekey] = c.state
             if missing:
                 lst = held.setdefault(e.unit, [])
                 lst.append(HeldEvent(e.event, e.value, e.ts, e.experiment, e.id))
@@ -416,10 +398,10 @@ class BatchBuilder:
         w.last_event_ts = last_ts
         w.experiment_last_ts = {name: min(ts, self.clock() + CLOCK_SKEW_SECONDS)
                                 for name, ts in w.experiment_last_ts.items()}
-        self._settle_held(p, w, held, held_stored, held_changed, current,
-                          bool(held_stored or held_changed or exposures or events))
+        self._settle_held(p, w, reads, now, held, held_stored, held_changed, current)
         self._deltas(p, w, initial, current)
         self.slices.add(p, w, self.layouts, exposures, initial, current)
+        return reads, initial
 
     def _failed_only(self, e: Event, failed: Collection[str]) -> bool:
         return bool(failed) and any(x in failed for x in self._routes.get(e.event, []))
@@ -429,10 +411,10 @@ class BatchBuilder:
         return (e.experiment is not None
                 and self.layouts[e.experiment].definition.status != "running")
 
-    def _settle_held(self, p: int, w: BatchWrite, held: dict[str, list[HeldEvent]],
+    def _settle_held(self, p: int, w: BatchWrite, reads: BatchReads, now: float,
+                     held: dict[str, list[HeldEvent]],
                      held_stored: Mapping[str, Sequence[HeldEvent]], held_changed: set[str],
-                     current: Mapping[tuple[str, str], UnitState | None], touched: bool
-                     ) -> None:
+                     current: Mapping[tuple[str, str], UnitState | None]) -> None:
         """Prune held events every target already took, expire those past the grace period,
         then keep at most ``max_pending`` units held: evict the units held longest."""
         for u, lst in held.items():
@@ -440,7 +422,6 @@ class BatchBuilder:
             if len(keep) < len(lst):
                 held[u] = keep
                 held_changed.add(u)
-        now = self.clock()
         for u in sorted(held_changed):
             if held[u]:
                 w.pending_set[u] = _HELD.encode(held[u])
@@ -451,23 +432,21 @@ class BatchBuilder:
                 held_changed.discard(u)
                 if u in held_stored:
                     w.pending_del.add(u)
-        if touched:
-            for u in self.store.expired_pending(p, now - self.grace):
-                if u not in held_changed and u not in w.pending_del:
-                    w.pending_del.add(u)
-                    w.counters["held_expired"] += 1
+        for u in reads.expired:
+            if u not in held_changed and u not in w.pending_del:
+                w.pending_del.add(u)
+                w.counters["held_expired"] += 1
         new_units = [u for u in held if u in w.pending_queue_add]  # arrival order
         if not new_units:
             return
-        excess = (self.store.pending_count(p) - len(w.pending_del) + len(new_units)
-                  - self.max_pending)
+        excess = reads.pending_count - len(w.pending_del) + len(new_units) - self.max_pending
         if excess <= 0:
             return
-        victims = [u for u in self.store.oldest_pending(p, excess + len(w.pending_del))
+        victims = [u for u in reads.oldest[:excess + len(w.pending_del)]
                    if u not in w.pending_del][:excess]
         victims += new_units[:excess - len(victims)]
         missing = [u for u in victims if u not in held]
-        for u, blob in self.store.read_pending(p, missing).items():
+        for u, blob in self.store.read_pending(p, missing).items():  # at the bound only
             held[u] = list(_HELD_DECODE.decode(blob))
         for u in victims:
             self._count_evicted(w, u, held.get(u, []), current)
@@ -492,34 +471,28 @@ class BatchBuilder:
                 if current.get((x, unit)) is None:
                     w.counters[f"{x}:held_evicted"] += 1
 
-    def _count(self, lay: ExperimentLayout, st: UnitState, event: str, value: float, ts: float,
-               event_id: str | None, w: BatchWrite, experiment: str) -> UnitState:
-        d = lay.definition
-        if st.withdrawn:
-            return st
-        pre = pre_columns(lay, event, ts, st.exposed_at) if ts < st.exposed_at else ()
-        if not pre and (ts < st.exposed_at or not in_window(None, d.end, ts)):
-            w.counters[f"{experiment}:events_outside_window"] += 1
-            return st
-        seen = st.seen
-        if event_id is not None:
-            fp = fingerprint(event_id)
-            if fp in seen:
-                w.counters[f"{experiment}:duplicate_events"] += 1
-                return st
-            seen = (*seen, fp)
-            if len(seen) > self.max_ids:  # forget the oldest ids first
-                w.counters[f"{experiment}:event_ids_evicted"] += len(seen) - self.max_ids
-                seen = seen[len(seen) - self.max_ids:]
-        raw = list(st.raw)
-        if len(raw) != lay.width:
-            raise ValueError(f"stored unit state of {experiment!r} has {len(raw)} columns; "
-                             f"the definition has {lay.width} (its layout changed)")
-        for col in pre or lay.event_columns[event]:  # pre-period events: pre_<metric> only
-            raw[col] += 1.0 if lay.counts_events[col] else value
-        if ts > w.experiment_last_ts.get(experiment, ts - 1.0):  # the experiment's freshness
-            w.experiment_last_ts[experiment] = ts
-        return UnitState(st.variation, st.flags, st.exposed_at, tuple(raw), seen, st.versions)
+    def _new_unit(self, p: int, w: BatchWrite, lay: ExperimentLayout, x: Exposure, v: int
+                  ) -> UnitState:
+        """A first exposure's state: covariates, predictions ŷ frozen, maturity scheduled."""
+        if not lay.prediction_columns:
+            return rules.new_unit(lay, v, x.ts, x.covariates)
+        raw = list(rules.new_unit(lay, v, x.ts, x.covariates).raw)
+        versions = self._freeze_predictions(lay, raw)
+        window = rules.window_end(lay, x.ts)
+        if window is not None:
+            w.zadd.append((keys.maturity(p), window, f"{x.experiment}\x00{x.unit}"))
+        return UnitState(v, 0, x.ts, tuple(raw), (), versions)
+
+    @staticmethod
+    def _counted(w: BatchWrite, experiment: str, c: rules.Counted, ts: float) -> None:
+        """The counters (and the experiment's freshness) of one counting outcome."""
+        if c.ids_evicted:
+            w.counters[f"{experiment}:event_ids_evicted"] += c.ids_evicted
+        if c.outcome == COUNTED:
+            if ts > w.experiment_last_ts.get(experiment, ts - 1.0):
+                w.experiment_last_ts[experiment] = ts
+        elif c.outcome != IGNORED:
+            w.counters[f"{experiment}:{c.outcome}"] += 1
 
     def _freeze_predictions(self, lay: ExperimentLayout, raw: list[float]) -> tuple[int, ...]:
         """ŷ for each metric from the latest verified model, frozen at exposure."""
@@ -534,24 +507,23 @@ class BatchBuilder:
             versions.append(version)
         return tuple(versions)
 
-    @staticmethod
-    def _window_end(lay: ExperimentLayout, exposed_at: float) -> float | None:
-        d = lay.definition
-        if d.outcome_window_seconds is not None:
-            end = exposed_at + d.outcome_window_seconds
-            return min(end, d.end) if d.end is not None else end
-        return d.end
-
-    def _mature(self, p: int, w: BatchWrite, out: PreparedBatch, exposures: list[Exposure],
-                events: list[Event], failed: Collection[str] = ()) -> None:
-        """Units whose outcome window closed become training examples (exposure features →
-        outcome); they were predicted at exposure, so no unit trains its own prediction."""
+    def _maturity_cutoff(self, exposures: Sequence[Exposure], events: Sequence[Event]
+                         ) -> float | None:
+        """Units whose outcome window closed by the batch's newest time mature (None: no
+        experiment predicts, or an empty batch)."""
         if not any(lay.prediction_columns for lay in self.layouts.values()):
-            return
+            return None
         times = [x.ts for x in exposures] + [e.ts for e in events]
         if not times:
-            return
-        members = self.store.matured(p, min(max(times), self.clock() + CLOCK_SKEW_SECONDS))
+            return None
+        return min(max(times), self.clock() + CLOCK_SKEW_SECONDS)
+
+    def _mature(self, p: int, w: BatchWrite, out: PreparedBatch, reads: BatchReads,
+                initial: Mapping[tuple[str, str], UnitState | None],
+                failed: Collection[str] = ()) -> None:
+        """Units whose outcome window closed become training examples (exposure features →
+        outcome); they were predicted at exposure, so no unit trains its own prediction."""
+        members = reads.matured
         if not members:
             return
         wanted: dict[str, list[str]] = defaultdict(list)
@@ -562,7 +534,11 @@ class BatchBuilder:
             if experiment in self.layouts:
                 wanted[experiment].append(unit)
             w.zrem.append((keys.maturity(p), m))
-        found, _ = self.store.read_batch_state(p, wanted, [], self.buckets)
+        unknown = {x: [u for u in units if (x, u) not in initial]
+                   for x, units in wanted.items()}
+        found, _ = self.store.read_batch_state(  # only the matured units the batch did not read
+            p, {x: units for x, units in unknown.items() if units}, [], self.buckets)
+        found.update({k: st for k, st in initial.items() if st is not None})
         pending_units = {(x, u): st for (x, u), st in w.unit_states.items()}
         for (experiment, unit), st in {**found, **pending_units}.items():
             if experiment not in wanted or unit not in wanted[experiment] or st.withdrawn:
@@ -579,7 +555,8 @@ class BatchBuilder:
 
     def _deltas(self, p: int, w: BatchWrite, initial: Mapping[tuple[str, str], UnitState | None],
                 current: Mapping[tuple[str, str], UnitState | None]) -> None:
-        rows: dict[tuple[str, str], tuple[list[tuple[float, ...]], list[tuple[float, ...]]]] = {}
+        changes: dict[str, list[tuple[UnitState | None, UnitState]]] = {}
+        buckets = self.buckets
         for key, st in current.items():
             before = initial.get(key)
             if st is None or st == before:
@@ -587,22 +564,18 @@ class BatchBuilder:
             x, unit = key
             if before is not None and before.legacy_ids:  # format-1 CRC-32 ids, dropped
                 w.counters[f"{x}:event_ids_evicted"] += before.legacy_ids
-            w.units[(x, keys.bucket_of(unit, self.buckets), unit)] = st.pack()
+            w.units[(x, keys.bucket_of(unit, buckets), unit)] = st.pack()
             w.unit_states[(x, unit)] = st
-            names = self.layouts[x].definition.variations
-            if before is not None and not before.withdrawn:
-                rows.setdefault((x, names[before.variation]), ([], []))[1].append(before.raw)
-            if not st.withdrawn:
-                rows.setdefault((x, names[st.variation]), ([], []))[0].append(st.raw)
-        for (x, variation), (new, old) in rows.items():
+            changes.setdefault(x, []).append((before, st))
+        for x, pairs in changes.items():
             lay = self.layouts[x]
-            new_u = lay.unit_vectors(np.asarray(new, dtype=np.float64).reshape(-1, lay.width))
-            old_u = lay.unit_vectors(np.asarray(old, dtype=np.float64).reshape(-1, lay.width))
-            shift, delta, base = self._shifted_delta(p, x, variation, new_u, old_u)
-            w.matrices[(x, variation)] = (shift, delta)
-            self._histogram_deltas(w, x, variation, new_u, old_u)
-            if base is not None:
-                w.matrix_bases[(x, variation)] = base
+            for variation, (new, old) in rules.unit_rows(lay, pairs).items():
+                new_u, old_u = rules.vectors(lay, new), rules.vectors(lay, old)
+                shift, delta, base = self._shifted_delta(p, x, variation, new_u, old_u)
+                w.matrices[(x, variation)] = (shift, delta)
+                self._histogram_deltas(w, x, variation, new_u, old_u)
+                if base is not None:
+                    w.matrix_bases[(x, variation)] = base
 
     def _histogram_deltas(self, w: BatchWrite, experiment: str, variation: str,
                           new_u: FloatArray, old_u: FloatArray) -> None:
@@ -622,28 +595,18 @@ class BatchBuilder:
 
     def _shifted_delta(self, p: int, experiment: str, variation: str, new_u: FloatArray,
                        old_u: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray | None]:
-        """The batch's change of one stored matrix around the shift it is stored with, and
-        the stored shift it re-centres from when a column's mean drifted (stream.shifts)."""
+        """The batch's change of one stored matrix around its shift (rules.shifted_delta),
+        from the matrices as this builder last wrote them."""
         columns = self.layouts[experiment].columns
         cache = self._shifts.get((p, experiment))
         if cache is None:
-            cache = self.store.matrix_states(p, experiment, columns)
+            raw = self._stored_matrices.get(experiment)
+            cache = (self.store.matrix_states(p, experiment, columns) if raw is None else
+                     self.store.parse_matrices(columns, raw))
             self._shifts[(p, experiment)] = cache
-        stored = cache.get(variation)
-        if stored is None:
-            shift = initial_shift(new_u if len(new_u) else old_u)
-            delta = _outer_sum(new_u, shift) - _outer_sum(old_u, shift)
-            cache[variation] = MomentMatrix(columns, shift, delta)
-            return shift, delta, None
-        delta = _outer_sum(new_u, stored.shift) - _outer_sum(old_u, stored.shift)
-        moved = next_shift(stored.shift, stored.sums + delta)
-        if moved is None:
-            cache[variation] = MomentMatrix(columns, stored.shift, stored.sums + delta)
-            return stored.shift, delta, None
-        delta = _outer_sum(new_u, moved) - _outer_sum(old_u, moved)
-        sums = recentre_sums(stored.sums, stored.shift, moved) + delta
-        cache[variation] = MomentMatrix(columns, moved, sums)
-        return moved, delta, stored.shift
+        out = rules.shifted_delta(columns, cache.get(variation), new_u, old_u)
+        cache[variation] = out.matrix
+        return out.shift, out.delta, out.base
 
 
 def _describe(exc: BaseException) -> str:
@@ -660,14 +623,3 @@ def _key_mismatch(key: bytes, unit: str) -> str:
     shown = key[:70].decode("utf-8", "replace")
     return (f"key: the Kafka key {shown!r} is not the unit id {unit[:70]!r} (messages must "
             f"be keyed by unit id so they reach the unit's partition)")
-
-
-def _outer_sum(vectors: FloatArray, shift: FloatArray) -> FloatArray:
-    d = len(shift)
-    if not len(vectors):
-        return np.zeros((d + 1, d + 1))
-    u = np.empty((len(vectors), d + 1))
-    u[:, 0] = 1.0
-    u[:, 1:] = vectors - shift
-    out: FloatArray = u.T @ u
-    return out

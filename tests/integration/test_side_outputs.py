@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from state.store import partition_count, read_counters
-from workers import ingest
 from workers.dev.embedded import Broker
 from workers.ingest import IngestWorker
+from workers.ingest import worker as ingest
 
 from .conftest import unique
 from .opskit import (
