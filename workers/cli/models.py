@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from state.models import ModelRegistry, SignatureError, SnapshotHeader
 from state.naming import resolve_model_id
 from state.registry import Registry
 from state.store import Client
+from workers.cli.output import aligned, write_as
 from workers.settings import Settings
 
 __all__ = ["add_models_parser", "model_rows", "render_models"]
@@ -135,9 +135,7 @@ def render_models(rows: list[dict[str, Any]]) -> str:
                           _pct(c.get("cupac_variance_reduction"))))
     if len(table) == 1:
         return "no models yet (start `liftstream learner`)\n"
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-                     for row in table) + "\n"
+    return aligned(table)
 
 
 def _models_command(args: argparse.Namespace) -> int:
@@ -154,11 +152,7 @@ def _models_with(args: argparse.Namespace, settings: Settings) -> int:
         rows = model_rows(client, settings.model_hmac_key, results=not args.no_results)
     finally:
         client.close()
-    if args.format == "json":
-        sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(rows), indent=1) + b"\n")
-    else:
-        sys.stdout.write(render_models(rows))
-    return 0
+    return write_as(args.format, rows, render_models)
 
 
 def add_models_parser(sub: argparse._SubParsersAction[Any]) -> None:

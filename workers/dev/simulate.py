@@ -44,6 +44,7 @@ from state.definition import DefinitionError, parse_definition
 from state.registry import Registry
 from state.store import connect
 from stream.messages import Event, Exposure, encode_event, encode_exposure
+from workers.cli.output import write_json
 from workers.cli.prologue import fail, run
 from workers.dev.replay import Message, PublishError, ReplayError, publish
 from workers.dev.simulation_truth import (
@@ -294,7 +295,7 @@ def _simulate_with(args: argparse.Namespace, settings: Settings) -> int:
         return fail("simulate", str(exc), 1)
     except redis.exceptions.RedisError as exc:
         return fail("simulate", f"Redis at {settings.redacted()['redis_url']}: {exc}", 1)
-    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
+    write_json(result, indent=2)
     sys.stdout.flush()
     return 0
 
