@@ -46,7 +46,7 @@ from state.store import connect
 from stream.messages import Event, Exposure, encode_event, encode_exposure
 from workers.cli.output import write_json
 from workers.cli.prologue import fail, run
-from workers.dev.replay import Message, PublishError, ReplayError, publish
+from workers.dev.publish import Message, PublishError, ReplayError, publish
 from workers.dev.simulation_truth import (
     ACTIVITY_SCALE,
     ACTIVITY_SHAPE,
