@@ -35,7 +35,7 @@ def _text(x: Any) -> str:
 
 
 def _header(client: Client, model_id: str, version: int) -> SnapshotHeader | None:
-    blob: Any = client.hget(keys.model(model_id), f"v{version}")
+    blob: Any = client.hget(keys.model(model_id), keys.model_version(version))
     if blob is None:
         return None
     try:
@@ -79,7 +79,7 @@ def model_rows(client: Client, hmac_key: str | None = None, results: bool = True
     now = time.time()
     rows = []
     for model_id in ids:
-        latest = int(_text(client.hget(keys.model(model_id), "latest") or b"0"))
+        latest = int(_text(client.hget(keys.model(model_id), keys.MODEL_LATEST) or b"0"))
         header = _header(client, model_id, latest)
         row: dict[str, Any] = {"model": model_id, "version": latest}
         if header is None:
