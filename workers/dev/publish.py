@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
+import redis.exceptions
+
 from stream.kafka import ensure_topics, make_producer, wait_for_broker
+from workers.cli.prologue import fail
 from workers.dev.progress import Progress
 from workers.settings import Settings
 
-__all__ = ["KINDS", "Message", "PublishError", "ReplayError", "check_rate", "prepare_topics",
-           "publish"]
+__all__ = ["KINDS", "Message", "PublishError", "ReplayError", "check_rate", "guard_publishing",
+           "prepare_topics", "publish"]
 
 #: (topic kind ``"exposures"`` | ``"events"``, key, value)
 Message = tuple[str, bytes, bytes]
@@ -93,3 +96,16 @@ def publish(settings: Settings, messages: Iterable[Message], *, total: int | Non
         raise PublishError(f"{len(failures)} of {sent} messages were not acknowledged by the "
                            f"broker; first error: {failures[0]!r}")
     return sent
+
+
+def guard_publishing(command: str, settings: Settings, body: Callable[[], int]) -> int:
+    """``body()``, its failures reported in one line: bad input (:class:`ReplayError`, exit
+    2), messages not acknowledged or a broker timeout (1), Redis errors (1)."""
+    try:
+        return body()
+    except ReplayError as exc:
+        return fail(command, str(exc))
+    except (PublishError, TimeoutError) as exc:
+        return fail(command, str(exc), 1)
+    except redis.exceptions.RedisError as exc:
+        return fail(command, f"Redis at {settings.redacted()['redis_url']}: {exc}", 1)

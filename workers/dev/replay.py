@@ -23,18 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import redis.exceptions
 
 from state.definition import ExperimentDef
 from state.registry import Registry
 from state.store import connect
-from workers.cli.prologue import fail, run
+from workers.cli.prologue import run
 from workers.dev.publish import (
     KINDS,
     Message,
     PublishError,
     ReplayError,
     check_rate,
+    guard_publishing,
     prepare_topics,
     publish,
 )
@@ -174,20 +174,15 @@ def _replay_command(args: argparse.Namespace) -> int:
 
 
 def _replay_with(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        report = replay_file(settings, args.file, args.experiment, args.unit, args.variation,
-                             args.metric, args.covariate, rate=args.rate,
-                             shuffle=args.shuffle, duplicate=args.duplicate, seed=args.seed,
-                             progress=not args.no_progress, attributes=args.attribute,
-                             pre_period=args.pre_period)
-    except ReplayError as exc:
-        return fail("replay", str(exc))
-    except (PublishError, TimeoutError) as exc:
-        return fail("replay", str(exc), 1)
-    except redis.exceptions.RedisError as exc:
-        return fail("replay", f"Redis at {settings.redacted()['redis_url']}: {exc}", 1)
-    print(report)
-    return 0
+    def body() -> int:
+        print(replay_file(settings, args.file, args.experiment, args.unit, args.variation,
+                          args.metric, args.covariate, rate=args.rate, shuffle=args.shuffle,
+                          duplicate=args.duplicate, seed=args.seed,
+                          progress=not args.no_progress, attributes=args.attribute,
+                          pre_period=args.pre_period))
+        return 0
+
+    return guard_publishing("replay", settings, body)
 
 
 def add_replay_parser(sub: argparse._SubParsersAction[Any]) -> None:
