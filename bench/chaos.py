@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -328,9 +328,12 @@ def fuzz(broker: Broker, redis_server: RedisServer, units: int, seed: int, n: in
     return replace(t, differences=problems)
 
 
+Scenario = Callable[[Broker, RedisServer], Tally]
+
+
 def run(quick: bool) -> list[Tally]:
     units = 3000 if quick else 20_000
-    scenarios: list[tuple[str, Callable[[Broker, RedisServer], Tally]]] = [
+    scenarios: list[tuple[str, Scenario]] = [
         ("kill", lambda b, r: kill_workers(b, r, units, 3 if quick else 10, 1)),
         ("aof", lambda b, r: redis_restart(b, r, units, 1 if quick else 3, 2)),
         ("disorder", lambda b, r: disorder(b, r, units, 3)),
@@ -342,6 +345,11 @@ def run(quick: bool) -> list[Tally]:
     from bench.chaos_ops import ops_scenarios  # broker reset, dead-letter refusal, Redis full
 
     scenarios += ops_scenarios(units, quick)
+    return run_scenarios(scenarios)
+
+
+def run_scenarios(scenarios: Iterable[tuple[str, Scenario]]) -> list[Tally]:
+    """Every scenario against one broker and one AOF Redis; each tally printed as it ends."""
     out = []
     with start_broker() as broker, start_redis(appendonly=True, appendfsync="everysec") as rs:
         for _, scenario in scenarios:

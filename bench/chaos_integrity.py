@@ -28,13 +28,21 @@ import signal
 import sys
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from bench.chaos import ARMS, Cluster, Tally, Workload, tally, workload
+from bench.chaos import (
+    ARMS,
+    Cluster,
+    Scenario,
+    Tally,
+    Workload,
+    run_scenarios,
+    tally,
+    workload,
+)
 from state import keys
 from state.definition import parse_definition
 from state.limits import CEILINGS
@@ -44,11 +52,10 @@ from state.store import read_counters
 from state.units import UnitState
 from state.warnings import experiment_warnings
 from stream.messages import Event, Exposure, encode_event, encode_exposure
-from workers.dev.embedded import Broker, RedisServer, start_broker, start_redis
+from workers.dev.embedded import Broker, RedisServer
 from workers.settings import to_env
 
 Message = tuple[str, bytes, bytes]
-Scenario = Callable[[Broker, RedisServer], Tally]
 
 
 def _event(unit: str, name: str, ts: float, value: float = 1.0, x: str | None = None,
@@ -317,17 +324,9 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="scenario names (poison, held, stop, ids)")
     args = ap.parse_args()
     units = 3000 if args.quick else 20_000
-    ok = True
-    with start_broker() as broker, start_redis(appendonly=True, appendfsync="everysec") as rs:
-        for name, scenario in scenarios(units):
-            if args.only and name not in args.only:
-                continue
-            t = scenario(broker, rs)
-            print(t.line(), flush=True)
-            for d in t.differences:
-                print(f"    {d}", flush=True)
-            ok = ok and t.ok
-    return 0 if ok else 1
+    tallies = run_scenarios((name, scenario) for name, scenario in scenarios(units)
+                            if not args.only or name in args.only)
+    return 0 if all(t.ok for t in tallies) else 1
 
 
 if __name__ == "__main__":

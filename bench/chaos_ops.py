@@ -28,13 +28,11 @@ from typing import Any
 
 import pandas as pd
 
-from bench.chaos import Cluster, Tally, Workload, tally, workload
+from bench.chaos import Cluster, Scenario, Tally, Workload, run_scenarios, tally, workload
 from state.store import partition_count, read_counters, read_partition_warnings
 from stream.kafka import ensure_topics
-from workers.dev.embedded import Broker, RedisServer, start_broker, start_redis
+from workers.dev.embedded import Broker, RedisServer, start_broker
 from workers.ingest import worker as ingest
-
-Scenario = Callable[[Broker, RedisServer], Tally]
 
 
 def _wait(what: str, cond: Callable[[], bool], timeout: float = 240.0) -> None:
@@ -262,15 +260,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes")
     args = ap.parse_args()
     units = 3000 if args.quick else 20_000
-    ok = True
-    with start_broker() as broker, start_redis(appendonly=True, appendfsync="everysec") as rs:
-        for _, scenario in ops_scenarios(units, args.quick):
-            t = scenario(broker, rs)
-            print(t.line(), flush=True)
-            for d in t.differences:
-                print(f"    {d}", flush=True)
-            ok = ok and t.ok
-    return 0 if ok else 1
+    tallies = run_scenarios(ops_scenarios(units, args.quick))
+    return 0 if all(t.ok for t in tallies) else 1
 
 
 if __name__ == "__main__":

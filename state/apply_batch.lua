@@ -125,31 +125,31 @@ for _, m in ipairs(mats) do
   end
 end
 
-n = tonumber(nextarg())
-for i = 1, n do
-  local key, field, value = KEYS[tonumber(nextarg())], nextarg(), nextarg()
-  redis.call('HSET', key, field, value)
+-- one section: its count, then that many tuples of `width` arguments, each handed to `apply`
+local function section(count, width, apply)
+  for _ = 1, count do
+    local t = {}
+    for k = 1, width do
+      t[k] = nextarg()
+    end
+    apply(unpack(t, 1, width))
+  end
 end
-n = tonumber(nextarg())
-for i = 1, n do
-  local key, field = KEYS[tonumber(nextarg())], nextarg()
-  redis.call('HDEL', key, field)
+
+-- a section whose tuples are (key_index, args...) for one Redis command on that key
+local function on_key(command)
+  return function(k, ...)
+    redis.call(command, KEYS[tonumber(k)], ...)
+  end
 end
-n = tonumber(nextarg())
-for i = 1, n do
-  local key, score, member = KEYS[tonumber(nextarg())], nextarg(), nextarg()
-  redis.call('ZADD', key, score, member)
-end
-n = tonumber(nextarg())
-for i = 1, n do
-  local key, member = KEYS[tonumber(nextarg())], nextarg()
-  redis.call('ZREM', key, member)
-end
-n = tonumber(nextarg())
-for i = 1, n do
-  local field, incr = nextarg(), nextarg()
+
+section(tonumber(nextarg()), 3, on_key('HSET'))
+section(tonumber(nextarg()), 2, on_key('HDEL'))
+section(tonumber(nextarg()), 3, on_key('ZADD'))
+section(tonumber(nextarg()), 2, on_key('ZREM'))
+section(tonumber(nextarg()), 2, function(field, incr)
   redis.call('HINCRBY', KEYS[3], field, incr)
-end
+end)
 local last = nextarg()
 if last and last ~= '' then
   local cur = tonumber(redis.call('HGET', KEYS[3], 'last_event_ts') or '0')
@@ -157,22 +157,19 @@ if last and last ~= '' then
     redis.call('HSET', KEYS[3], 'last_event_ts', last)
   end
 end
-n = tonumber(nextarg() or '0')
-for i = 1, n do
-  local field, ts = nextarg(), nextarg()
+section(tonumber(nextarg() or '0'), 2, function(field, ts)
   if tonumber(ts) > tonumber(redis.call('HGET', KEYS[3], field) or '0') then
     redis.call('HSET', KEYS[3], field, ts)
   end
-end
+end)
 
 -- quantile histograms: integer bucket counts (a unit's value change moves one count)
-n = tonumber(nextarg() or '0')
-for i = 1, n do
-  local key, field, incr = KEYS[tonumber(nextarg())], nextarg(), nextarg()
+section(tonumber(nextarg() or '0'), 3, function(k, field, incr)
+  local key = KEYS[tonumber(k)]
   if redis.call('HINCRBY', key, field, incr) == 0 then
     redis.call('HDEL', key, field)
   end
-end
+end)
 
 for _, o in ipairs(offsets) do
   redis.call('HSET', KEYS[2], o[1], o[2])

@@ -21,6 +21,7 @@ Redis Cluster slot; a query merges all partitions.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 
 PREFIX = "ls"
 META = f"{PREFIX}:meta"
@@ -89,6 +90,7 @@ def model(model_id: str) -> str:
 MODEL_INDEX = f"{PREFIX}:models"  # set of model ids
 MODEL_REFUSALS = f"{PREFIX}:models:refused"  # hash model id → snapshots refused (bad HMAC)
 MODEL_LATEST = "latest"  # field of :func:`model`: the newest version number
+MODEL_NEXT_VERSION = "next_version"  # field of :func:`model`: the last version number handed out
 
 
 def model_version(version: int) -> str:
@@ -129,6 +131,64 @@ def experiment_counter(experiment: str, name: str) -> str:
     return f"{experiment}:{name}"
 
 
+#: The counter (partition-wide, and per experiment as ``<experiment>:last_event_ts``) holding
+#: the newest event time applied: a maximum, not a sum.
+LAST_EVENT_TS = "last_event_ts"
+
+
+def experiment_counters(counters: Mapping[str, float], experiment: str) -> dict[str, float]:
+    """``name → value`` of one experiment's :func:`experiment_counter` fields.
+
+    >>> experiment_counters({"shop:late_events": 2.0, "messages": 9.0, "a:b": 1.0}, "shop")
+    {'late_events': 2.0}
+    """
+    prefix = experiment_counter(experiment, "")
+    return {k[len(prefix):]: v for k, v in counters.items() if k.startswith(prefix)}
+
+
+def split_experiment_counter(field: str) -> tuple[str, str] | None:
+    """``(experiment, name)`` of an :func:`experiment_counter` field; ``None`` for a
+    partition-wide counter (experiment ids have no ``:``).
+
+    >>> split_experiment_counter("exp-1:late_events"), split_experiment_counter("messages")
+    (('exp-1', 'late_events'), None)
+    """
+    experiment, sep, name = field.rpartition(":")
+    return (experiment, name) if sep else None
+
+
+#: Why a batch was refused, each counted in :func:`refused_counter`.
+REFUSAL_REASONS = ("epoch", "offset", "shift", "side_outputs")
+
+
+def refused_counter(reason: str) -> str:
+    """The counter of batches refused for ``reason`` (``epoch``, ``offset``, ``shift`` are
+    written by ``apply_batch.lua``, ``side_outputs`` by the worker).
+
+    >>> refused_counter("epoch")
+    'refused_epoch'
+    """
+    return f"refused_{reason}"
+
+
+def snapshot_offset(topic: str, partition: int) -> str:
+    """Key of a topic-partition's offset in a model snapshot's header (Kafka topic names
+    cannot contain ``:``).
+
+    >>> parse_snapshot_offset(snapshot_offset("my.topic-1", 3))
+    ('my.topic-1', 3)
+    """
+    return f"{topic}:{partition}"
+
+
+def parse_snapshot_offset(key: str) -> tuple[str, int] | None:
+    """``(topic, partition)`` of a :func:`snapshot_offset` key; ``None`` for anything else."""
+    topic, sep, part = key.rpartition(":")
+    if not sep or not part.isdigit():
+        return None
+    return topic, int(part)
+
+
 # --- registry (plain keys, single-key commands: Redis Cluster safe; :mod:`state.registry`)
 #
 # | key | type | holds |
@@ -164,6 +224,17 @@ def history_meta(experiment: str) -> str:
 def history_level(experiment: str, level: int) -> str:
     """Sorted set of the snapshots of one history level (see :mod:`state.history`)."""
     return f"{PREFIX}:hist:{{{experiment}}}:l{level}"
+
+
+def alert_condition(kind: str, metric: str, treatment: str) -> str:
+    """The field of :func:`alert_state` for a per-comparison condition (``significance`` of
+    the primary metric, ``guardrail`` harm); whole-experiment conditions are plain names
+    (``srm``, ``stale``, ``decision``).
+
+    >>> alert_condition("significance", "revenue", "t1")
+    'significance:revenue:t1'
+    """
+    return f"{kind}:{metric}:{treatment}"
 
 
 def alerter_lease() -> str:

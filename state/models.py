@@ -83,8 +83,8 @@ class ModelRegistry:
         k = keys.model(model_id)
         fallback = self.stored_id(model_id)
         if fallback != model_id:
-            self.client.hsetnx(k, "next_version", self.own_latest_version(fallback))
-        version = int(self.client.hincrby(k, "next_version", 1))
+            self.client.hsetnx(k, keys.MODEL_NEXT_VERSION, self.own_latest_version(fallback))
+        version = int(self.client.hincrby(k, keys.MODEL_NEXT_VERSION, 1))
         header = SnapshotHeader(model_id, version, examples, time.time(), dict(metrics or {}),
                                 dict(offsets or {}), kind)
         payload = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)

@@ -17,12 +17,11 @@ from estimators.moments import MomentMatrix
 from estimators.quantiles import from_fields
 from estimators.quantiles import metric_documents as quantile_metric_documents
 from estimators.report import Correction, slice_document
-from state import finished, history
+from state import finished, history, keys
 from state.definition import ExperimentDef
 from state.layout import ExperimentLayout
 from state.registry import Registry
 from state.store import (
-    LAST_EVENT_TS,
     Client,
     partition_count,
     read_counters,
@@ -64,11 +63,11 @@ def experiment_document(client: Client, d: ExperimentDef,
     parts = range(partition_count(client))
     doc["metrics"] += quantile_documents(client, d, lay, parts)
     counters = read_counters(client, parts)
-    prefix = f"{d.id}:"
-    doc["counters"] = {k[len(prefix):]: int(v) for k, v in counters.items()
-                       if k.startswith(prefix) and k != prefix + LAST_EVENT_TS}
+    doc["counters"] = {k: int(v) for k, v in keys.experiment_counters(counters, d.id).items()
+                       if k != keys.LAST_EVENT_TS}
     # the experiment's own freshness: the newest event applied to it, not the pipeline's
-    doc["freshness"] = {"last_event_ts": counters.get(prefix + LAST_EVENT_TS)}
+    doc["freshness"] = {
+        "last_event_ts": counters.get(keys.experiment_counter(d.id, keys.LAST_EVENT_TS))}
     warnings = experiment_warnings(d.id, counters, read_partition_warnings(client, parts))
     verdict = decide_document(doc, d.primary, d.guardrails, d.higher_is_better(), elapsed,
                               d.min_runtime_seconds)

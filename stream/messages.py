@@ -18,9 +18,10 @@ import base64
 import contextlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -110,6 +111,7 @@ class _EventWire(msgspec.Struct):
 _exposure_decoder = msgspec.json.Decoder(_ExposureWire)
 _event_decoder = msgspec.json.Decoder(_EventWire)
 _encoder = msgspec.json.Encoder()
+_Parsed = TypeVar("_Parsed", Exposure, Event)
 
 _EXPECTED = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`(?: - at `\$(?P<at>.*)`)?")
 _MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`(?: - at `\$(?P<at>.*)`)?")
@@ -245,29 +247,33 @@ def _exposure(raw: bytes) -> Exposure:
     _check_id("variation", w.variation)
     ts = _timestamp(w.ts, "ts")
     covs = w.covariates
-    if len(covs) > MAX_COVARIATES:
-        raise _Invalid(f"covariates: {len(covs)} entries, more than {MAX_COVARIATES}")
+    _check_count("covariates", len(covs), MAX_COVARIATES)
     for name, x in covs.items():
-        if not name:
-            raise _Invalid("covariates: empty covariate name")
-        if len(name) > MAX_ID_LENGTH:
-            raise _Invalid(f"covariates: name longer than {MAX_ID_LENGTH} characters "
-                           f"({len(name)})")
+        _check_name("covariates", "covariate", name, MAX_ID_LENGTH)
         _check_number(f"covariates.{name}", x)
     _check_attributes(w.attributes)
     return Exposure(w.experiment, w.unit, w.variation, ts, covs, w.attributes)
 
 
+def _check_count(section: str, count: int, most: int) -> None:
+    """A map of at most ``most`` entries."""
+    if count > most:
+        raise _Invalid(f"{section}: {count} entries, more than {most}")
+
+
+def _check_name(section: str, what: str, name: str, longest: int) -> None:
+    """A map's key: non-empty, at most ``longest`` characters."""
+    if not name:
+        raise _Invalid(f"{section}: empty {what} name")
+    if len(name) > longest:
+        raise _Invalid(f"{section}: name longer than {longest} characters ({len(name)})")
+
+
 def _check_attributes(attrs: dict[str, str]) -> None:
     """Dimension values: bounded count and lengths, non-empty names (DESIGN §2 slices)."""
-    if len(attrs) > MAX_ATTRIBUTES:
-        raise _Invalid(f"attributes: {len(attrs)} entries, more than {MAX_ATTRIBUTES}")
+    _check_count("attributes", len(attrs), MAX_ATTRIBUTES)
     for name, value in attrs.items():
-        if not name:
-            raise _Invalid("attributes: empty attribute name")
-        if len(name) > MAX_ATTRIBUTE_LENGTH:
-            raise _Invalid(f"attributes: name longer than {MAX_ATTRIBUTE_LENGTH} characters "
-                           f"({len(name)})")
+        _check_name("attributes", "attribute", name, MAX_ATTRIBUTE_LENGTH)
         if len(value) > MAX_ATTRIBUTE_LENGTH:
             raise _Invalid(f"attributes.{name}: value longer than {MAX_ATTRIBUTE_LENGTH} "
                            f"characters ({len(value)})")
@@ -288,24 +294,23 @@ def _event(raw: bytes) -> Event:
     return Event(w.unit, w.event, ts, float(w.value), w.experiment, w.id)
 
 
-def parse_exposure(raw: bytes) -> Exposure | Rejected:
-    """Validate one exposure message; never raises."""
+def _never_raising(parse: Callable[[bytes], _Parsed], raw: bytes, what: str) -> _Parsed | Rejected:
     try:
-        return _exposure(raw)
+        return parse(raw)
     except _Invalid as exc:
-        return Rejected(str(exc) or "invalid exposure")
+        return Rejected(str(exc) or f"invalid {what}")
     except Exception as exc:  # defensive: the worker must never crash on input
         return Rejected(f"message: unexpected {type(exc).__name__} while parsing")
+
+
+def parse_exposure(raw: bytes) -> Exposure | Rejected:
+    """Validate one exposure message; never raises."""
+    return _never_raising(_exposure, raw, "exposure")
 
 
 def parse_event(raw: bytes) -> Event | Rejected:
     """Validate one event message; never raises."""
-    try:
-        return _event(raw)
-    except _Invalid as exc:
-        return Rejected(str(exc) or "invalid event")
-    except Exception as exc:  # defensive: the worker must never crash on input
-        return Rejected(f"message: unexpected {type(exc).__name__} while parsing")
+    return _never_raising(_event, raw, "event")
 
 
 def encode_exposure(e: Exposure) -> bytes:

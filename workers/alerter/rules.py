@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import msgspec
 
 from estimators import defaults, document
+from state import keys
 from state.definition import ExperimentDef
 
 SRM_THRESHOLD = defaults.SRM_THRESHOLD
@@ -115,7 +116,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
             direction = _direction(e, alpha)
             f = _comparison_fields(name, c, estimator, e, alpha)
             if name == d.primary:
-                cond = f"significance:{name}:{c.treatment}"
+                cond = keys.alert_condition("significance", name, c.treatment)
                 fired = states.get(cond, {}).get("fired")
                 if direction is not None and direction != fired:
                     word = "higher" if direction == "positive" else "lower"
@@ -125,7 +126,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
                         _comparison_text(d, f"primary metric {name} is significantly {word}",
                                          f), now, {**f, "direction": direction}))
             if name in guardrails:
-                cond = f"guardrail:{name}:{c.treatment}"
+                cond = keys.alert_condition("guardrail", name, c.treatment)
                 bad = "positive" if name in lower_better else "negative"
                 if direction == bad and not states.get(cond, {}).get("fired"):
                     changed[cond] = {"fired": True, "at": now}

@@ -107,13 +107,13 @@ class IngestCollector(Collector):
             yield m
         refused = CounterMetricFamily("liftstream_ingest_refused_batches",
                                       "batches refused by the fencing script", labels=["reason"])
-        for reason in ("epoch", "offset", "shift", "side_outputs"):
-            refused.add_metric([reason], c.get(f"refused_{reason}", 0.0))
+        for reason in keys.REFUSAL_REASONS:
+            refused.add_metric([reason], c.get(keys.refused_counter(reason), 0.0))
         yield refused
         other = CounterMetricFamily("liftstream_ingest_counter", "other ingest counters",
                                     labels=["counter"])
-        skip = {*simple, "last_event_ts", "batches", "batch_micros",
-                "refused_epoch", "refused_offset", "refused_shift", "refused_side_outputs"}
+        skip = {*simple, keys.LAST_EVENT_TS, "batches", "batch_micros",
+                *(keys.refused_counter(reason) for reason in keys.REFUSAL_REASONS)}
         for name, v in sorted(c.items()):
             if ":" not in name and name not in skip:
                 other.add_metric([name], v)
@@ -146,7 +146,7 @@ class IngestCollector(Collector):
             yield avg
         last = GaugeMetricFamily("liftstream_last_event_timestamp_seconds",
                                  "newest event time applied (event time, epoch seconds)")
-        last.add_metric([], c.get("last_event_ts", 0.0))
+        last.add_metric([], c.get(keys.LAST_EVENT_TS, 0.0))
         yield last
         parts = GaugeMetricFamily("liftstream_partitions", "topic partitions the workers run")
         parts.add_metric([], float(partitions))
@@ -170,10 +170,13 @@ class IngestCollector(Collector):
                                  "newest event time applied to the experiment (event time)",
                                  labels=["experiment"])
         for name, v in sorted(c.items()):
-            exp, sep, counter = name.rpartition(":")
-            if sep and exp in ids and counter == "last_event_ts":
+            split = keys.split_experiment_counter(name)
+            if split is None or split[0] not in ids:
+                continue
+            exp, counter = split
+            if counter == keys.LAST_EVENT_TS:
                 last.add_metric([exp], v)
-            elif sep and exp in ids and counter != "exposures":
+            elif counter != "exposures":
                 other.add_metric([exp, counter], v)
         yield exposures
         yield other

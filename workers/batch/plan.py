@@ -13,12 +13,12 @@ import argparse
 import sys
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from estimators.power import Plan, plan
 from estimators.records import as_dict
 from workers.batch.columns import InputError, numeric_column, parse_metric, read_table
+from workers.cli.output import write_as
 
 
 def within_variance(y: np.ndarray, w: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
@@ -109,11 +109,7 @@ def _plan_command(args: argparse.Namespace) -> int:
     except (InputError, ValueError, np.linalg.LinAlgError) as exc:
         print(f"liftstream plan: error: {exc}", file=sys.stderr)
         return 2
-    if args.format == "json":
-        sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(doc), indent=1) + b"\n")
-    else:
-        sys.stdout.write(render(doc))
-    return 0
+    return write_as(args.format, doc, render)
 
 
 def add_plan_parser(sub: argparse._SubParsersAction[Any]) -> None:

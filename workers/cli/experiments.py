@@ -20,6 +20,7 @@ from redis.exceptions import RedisClusterException
 
 from state.definition import DefinitionError, ExperimentDef, load_definition, parse_definition_text
 from state.registry import ExperimentExists, Registry
+from workers.cli.output import aligned, write_json
 from workers.cli.prologue import CommandError, guarded
 from workers.settings import Settings, load_settings
 
@@ -96,18 +97,11 @@ def _time(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows) + "\n"
-
-
 def _list(args: argparse.Namespace) -> int:
     with _registry() as reg:
         defs = reg.list()
     if args.format == "json":
-        sys.stdout.buffer.write(msgspec.json.format(
-            msgspec.json.encode([d.to_dict() for d in defs]), indent=2) + b"\n")
+        write_json([d.to_dict() for d in defs], indent=2)
         return 0
     if not defs:
         print("no experiments")
@@ -116,7 +110,7 @@ def _list(args: argparse.Namespace) -> int:
     for d in defs:
         rows.append([d.id, d.status, ", ".join(d.variations), ", ".join(d.metric_names()),
                      _time(d.start), _time(d.end)])
-    sys.stdout.write(_table(rows))
+    sys.stdout.write(aligned(rows))
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from state.models import ModelRegistry, SignatureError, SnapshotHeader
 from state.naming import resolve_model_id
 from state.registry import Registry
 from state.store import Client
+from workers.cli.output import aligned, write_as
 from workers.settings import Settings
 
 __all__ = ["add_models_parser", "model_rows", "render_models"]
@@ -35,7 +35,7 @@ def _text(x: Any) -> str:
 
 
 def _header(client: Client, model_id: str, version: int) -> SnapshotHeader | None:
-    blob: Any = client.hget(keys.model(model_id), f"v{version}")
+    blob: Any = client.hget(keys.model(model_id), keys.model_version(version))
     if blob is None:
         return None
     try:
@@ -79,7 +79,7 @@ def model_rows(client: Client, hmac_key: str | None = None, results: bool = True
     now = time.time()
     rows = []
     for model_id in ids:
-        latest = int(_text(client.hget(keys.model(model_id), "latest") or b"0"))
+        latest = int(_text(client.hget(keys.model(model_id), keys.MODEL_LATEST) or b"0"))
         header = _header(client, model_id, latest)
         row: dict[str, Any] = {"model": model_id, "version": latest}
         if header is None:
@@ -135,9 +135,7 @@ def render_models(rows: list[dict[str, Any]]) -> str:
                           _pct(c.get("cupac_variance_reduction"))))
     if len(table) == 1:
         return "no models yet (start `liftstream learner`)\n"
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-                     for row in table) + "\n"
+    return aligned(table)
 
 
 def _models_command(args: argparse.Namespace) -> int:
@@ -154,11 +152,7 @@ def _models_with(args: argparse.Namespace, settings: Settings) -> int:
         rows = model_rows(client, settings.model_hmac_key, results=not args.no_results)
     finally:
         client.close()
-    if args.format == "json":
-        sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(rows), indent=1) + b"\n")
-    else:
-        sys.stdout.write(render_models(rows))
-    return 0
+    return write_as(args.format, rows, render_models)
 
 
 def add_models_parser(sub: argparse._SubParsersAction[Any]) -> None:

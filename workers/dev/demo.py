@@ -31,7 +31,7 @@ from state.results import experiment_document
 from state.store import connect, partition_count, read_counters
 from workers.dev.demo_view import SummaryView, summary_parts
 from workers.dev.embedded import start_broker, start_redis
-from workers.dev.replay import prepare_topics
+from workers.dev.publish import prepare_topics
 from workers.dev.simulate import SimulationConfig, true_effects
 from workers.settings import Settings, to_env
 

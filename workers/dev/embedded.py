@@ -18,12 +18,9 @@ as long as they should).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from stream.kafka import broker_reachable
 from workers.dev.processes import (
@@ -31,10 +28,11 @@ from workers.dev.processes import (
     TANSU_ENV,
     Child,
     EmbeddedError,
+    Server,
     free_port,
     register,
+    start_fresh,
     tcp_open,
-    unregister,
     wait_until,
 )
 from workers.dev.redis_cluster import RedisCluster, start_redis_cluster
@@ -56,8 +54,9 @@ __all__ = [
 # --------------------------------------------------------------------------- Kafka broker
 
 
-class Broker:
-    """A running Tansu broker (memory storage). Use :func:`start_broker`."""
+class Broker(Server):
+    """A running Tansu broker (memory storage). Use :func:`start_broker`; ``stop()`` removes
+    its working directory."""
 
     def __init__(self, child: Child, host: str, port: int, workdir: Path) -> None:
         self._child = child
@@ -101,20 +100,11 @@ class Broker:
         self._child.stop()
         self._start(timeout)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the broker and remove its working directory; idempotent."""
-        try:
-            self._child.stop(timeout)
-        finally:
-            unregister(self)
-            shutil.rmtree(self.workdir, ignore_errors=True)
+    def _halt_processes(self, timeout: float) -> None:
+        self._child.stop(timeout)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+    def _scratch_dir(self) -> Path:
+        return self.workdir
 
     def __repr__(self) -> str:
         return f"Broker(bootstrap={self.bootstrap!r}, pid={self.pid})"
@@ -140,30 +130,15 @@ def start_broker(port: int | None = None, *, host: str = LOOPBACK, binary: str |
     """
     exe = binary or _tansu_binary()
     env = {k: v for k, v in os.environ.items() if k not in TANSU_ENV}
-    attempts = 1 if port is not None else 3
-    last: EmbeddedError | None = None
-    for _ in range(attempts):
+
+    def build() -> Broker:
         p = port if port is not None else free_port(host)
         url = f"tcp://{host}:{p}"
         workdir = Path(tempfile.mkdtemp(prefix="liftstream-broker-"))
         argv = [exe, "broker", "--cluster-id", cluster_id, "--listener-url", url,
                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
         child = Child("tansu broker", argv, workdir / "broker.log", env, die_with_parent)
-        broker = Broker(child, host, p, workdir)
-        try:
-            broker._start(startup_timeout)
-        except EmbeddedError as exc:
-            broker.stop()
-            last = exc
-            continue
-        except BaseException:
-            broker.stop()
-            raise
-        return broker
-    assert last is not None
-    raise last
+        return Broker(child, host, p, workdir)
 
-
-
-
-
+    return start_fresh(1 if port is not None else 3, build,
+                       lambda broker: broker._start(startup_timeout))

@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from types import TracebackType
+from typing import IO, Protocol, Self, TypeVar
 
 LOOPBACK = "127.0.0.1"
 CLUSTER_SLOTS = 16384
@@ -182,3 +183,55 @@ def wait_until(child: Child, ready: Callable[[], bool], timeout: float, what: st
         if time.monotonic() >= deadline:
             raise child.failure(f"{what} within {timeout:.0f}s")
         time.sleep(0.02)
+
+
+class Server:
+    """What every embedded server shares: ``stop()`` (idempotent: its processes halted, its
+    scratch directory removed, no longer stopped at exit) and use as a context manager."""
+
+    def _halt_processes(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    def _scratch_dir(self) -> Path | None:
+        """The directory ``stop()`` removes (``None``: keep it)."""
+        return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server and remove its scratch directory; idempotent."""
+        try:
+            self._halt_processes(timeout)
+        finally:
+            unregister(self)
+            scratch = self._scratch_dir()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+S = TypeVar("S", bound=Server)
+
+
+def start_fresh(attempts: int, build: Callable[[], S], start: Callable[[S], None]) -> S:
+    """``start(build())``, up to ``attempts`` times while it fails with :class:`EmbeddedError`
+    (another process may take a free port first); a server that failed is stopped."""
+    last: EmbeddedError | None = None
+    for _ in range(attempts):
+        server = build()
+        try:
+            start(server)
+        except EmbeddedError as exc:
+            server.stop()
+            last = exc
+            continue
+        except BaseException:
+            server.stop()
+            raise
+        return server
+    assert last is not None
+    raise last

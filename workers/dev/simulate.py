@@ -38,14 +38,14 @@ from typing import Any
 
 import msgspec
 import numpy as np
-import redis.exceptions
 
 from state.definition import DefinitionError, parse_definition
 from state.registry import Registry
 from state.store import connect
 from stream.messages import Event, Exposure, encode_event, encode_exposure
+from workers.cli.output import write_json
 from workers.cli.prologue import fail, run
-from workers.dev.replay import Message, PublishError, ReplayError, publish
+from workers.dev.publish import Message, guard_publishing, publish
 from workers.dev.simulation_truth import (
     ACTIVITY_SCALE,
     ACTIVITY_SHAPE,
@@ -286,17 +286,13 @@ def _simulate_with(args: argparse.Namespace, settings: Settings) -> int:
         parse_definition(simulation_definition(cfg))
     except (ValueError, DefinitionError) as exc:
         return fail("simulate", str(exc))
-    try:
-        result = run_simulation(settings, cfg, progress=not args.no_progress)
-    except ReplayError as exc:
-        return fail("simulate", str(exc))
-    except (PublishError, TimeoutError) as exc:
-        return fail("simulate", str(exc), 1)
-    except redis.exceptions.RedisError as exc:
-        return fail("simulate", f"Redis at {settings.redacted()['redis_url']}: {exc}", 1)
-    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
-    sys.stdout.flush()
-    return 0
+
+    def body() -> int:
+        write_json(run_simulation(settings, cfg, progress=not args.no_progress), indent=2)
+        sys.stdout.flush()
+        return 0
+
+    return guard_publishing("simulate", settings, body)
 
 
 def add_simulate_parser(sub: argparse._SubParsersAction[Any]) -> None:

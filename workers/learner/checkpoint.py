@@ -30,16 +30,9 @@ class LearnerConflict(RuntimeError):
     """Another process published a model this learner owns (two learners running?)."""
 
 
-def offset_key(topic: str, partition: int) -> str:
-    """Header key of a topic-partition's offset (Kafka topic names cannot contain ``:``)."""
-    return f"{topic}:{partition}"
-
-
-def parse_offset_key(key: str) -> tuple[str, int] | None:
-    topic, sep, part = key.rpartition(":")
-    if not sep or not part.isdigit():
-        return None
-    return topic, int(part)
+# a topic-partition's key in a snapshot header's offsets (the format lives in state.keys)
+offset_key = keys.snapshot_offset
+parse_offset_key = keys.parse_snapshot_offset
 
 
 def resolve_kind(mid: str, definitions: Mapping[str, ExperimentDef]) -> str:
@@ -140,7 +133,7 @@ class LearnerState:
     def _floor(self, loaded: LoadedModel) -> dict[int, int]:
         floor = {}
         for key, off in loaded.header.offsets.items():
-            parsed = parse_offset_key(key)
+            parsed = keys.parse_snapshot_offset(key)
             if parsed is not None and parsed[0] == self.topic:
                 floor[parsed[1]] = int(off)
         return floor
@@ -255,7 +248,8 @@ class LearnerState:
                 f"last saw version {slot.version}: another learner is publishing it")
         for p, off in self.processed.items():
             slot.floor[p] = max(slot.floor.get(p, 0), off)
-        offsets = {offset_key(self.topic, p): off for p, off in sorted(slot.floor.items())}
+        offsets = {keys.snapshot_offset(self.topic, p): off
+                   for p, off in sorted(slot.floor.items())}
         m = slot.model
         slot.version = self.registry.publish(model_id, m, m.examples, m.kind, m.metrics(),
                                              offsets)
