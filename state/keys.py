@@ -283,3 +283,18 @@ def unit_slices(partition: int, experiment: str, bucket: int) -> str:
 def dimension_values(experiment: str, dimension: str) -> str:
     """Hash of one dimension's kept values, shared by every partition."""
     return f"{PREFIX}:dv:{{{experiment}}}:{dimension}"
+
+
+def histogram_field(metric: str, bucket: int | str) -> str:
+    """The field of :func:`histograms` counting one metric's log-bucket.
+
+    >>> parse_histogram_field(histogram_field("spend:eur", -12))
+    ('spend:eur', '-12')
+    """
+    return f"{metric}:{bucket}"
+
+
+def parse_histogram_field(field: str) -> tuple[str, str]:
+    """``(metric, bucket)`` of a :func:`histogram_field` (the bucket after the last ``:``)."""
+    metric, _, bucket = field.rpartition(":")
+    return metric, bucket

@@ -20,7 +20,7 @@ Client = redis.Redis | redis.cluster.RedisCluster
 StoreError = redis.RedisError  # any failure talking to Redis (the owner retries the batch)
 #: Counter of the newest event time applied: pipeline-wide, and per experiment as
 #: ``<experiment>:last_event_ts`` (both maxima, not sums).
-LAST_EVENT_TS = "last_event_ts"
+LAST_EVENT_TS = keys.LAST_EVENT_TS
 
 
 def connect(url: str, cluster: bool = False) -> Client:
@@ -440,7 +440,7 @@ def read_histograms(client: Client, experiment: str, variations: Sequence[str],
     for i, raw in enumerate(raws):
         v = variations[i % len(variations)]
         for f, n in raw.items():
-            metric, _, bucket = _text(f).rpartition(":")
+            metric, bucket = keys.parse_histogram_field(_text(f))
             per = out[v].setdefault(metric, {})
             per[bucket] = per.get(bucket, 0) + int(n)
     return out

@@ -265,7 +265,7 @@ class BatchBuilder:
             held_out = self._failed_targets(msg, failed)
             for x in held_out:
                 out.dead_letters.append(DeadLetter(r, _build_failed(x, failed[x])))
-                w.counters[f"{x}:build_failed"] += 1
+                w.counters[keys.experiment_counter(x, "build_failed")] += 1
             if isinstance(msg, Exposure):
                 if not held_out:
                     exposures.append(msg)
@@ -305,7 +305,7 @@ class BatchBuilder:
         if e.experiment is not None:
             lay = self.layouts[e.experiment]
             if lay.definition.status != "running":  # stopped: frozen, whatever the time
-                w.counters[f"{e.experiment}:events_after_stop"] += 1
+                w.counters[keys.experiment_counter(e.experiment, "events_after_stop")] += 1
                 return []
             return [e.experiment] if e.event in lay.event_columns else []
         routes = self._routes.get(e.event, _NO_ROUTES)
@@ -354,7 +354,7 @@ class BatchBuilder:
             lay = self.layouts[x.experiment]
             refused = rules.exposure_refusal(lay, x.ts)
             if refused is not None:
-                w.counters[f"{x.experiment}:{refused}"] += 1
+                w.counters[keys.experiment_counter(x.experiment, refused)] += 1
                 continue
             key = (x.experiment, x.unit)
             st = current.get(key)
@@ -368,7 +368,7 @@ class BatchBuilder:
                     self._counted(w, x.experiment, c, h.ts)
             after, outcome = rules.expose(st, v, created)
             current[key] = after
-            w.counters[f"{x.experiment}:{outcome}"] += 1
+            w.counters[keys.experiment_counter(x.experiment, outcome)] += 1
 
         for e, ts in zip(events, targets, strict=True):
             last_ts = e.ts if last_ts is None else max(last_ts, e.ts)
@@ -469,7 +469,7 @@ class BatchBuilder:
             w.counters["held_evicted"] += 1
             for x in self._held_targets(h):
                 if current.get((x, unit)) is None:
-                    w.counters[f"{x}:held_evicted"] += 1
+                    w.counters[keys.experiment_counter(x, "held_evicted")] += 1
 
     def _new_unit(self, p: int, w: BatchWrite, lay: ExperimentLayout, x: Exposure, v: int
                   ) -> UnitState:
@@ -480,19 +480,19 @@ class BatchBuilder:
         versions = self._freeze_predictions(lay, raw)
         window = rules.window_end(lay, x.ts)
         if window is not None:
-            w.zadd.append((keys.maturity(p), window, f"{x.experiment}\x00{x.unit}"))
+            w.zadd.append((keys.maturity(p), window, keys.maturity_member(x.experiment, x.unit)))
         return UnitState(v, 0, x.ts, tuple(raw), (), versions)
 
     @staticmethod
     def _counted(w: BatchWrite, experiment: str, c: rules.Counted, ts: float) -> None:
         """The counters (and the experiment's freshness) of one counting outcome."""
         if c.ids_evicted:
-            w.counters[f"{experiment}:event_ids_evicted"] += c.ids_evicted
+            w.counters[keys.experiment_counter(experiment, "event_ids_evicted")] += c.ids_evicted
         if c.outcome == COUNTED:
             if ts > w.experiment_last_ts.get(experiment, ts - 1.0):
                 w.experiment_last_ts[experiment] = ts
         elif c.outcome != IGNORED:
-            w.counters[f"{experiment}:{c.outcome}"] += 1
+            w.counters[keys.experiment_counter(experiment, c.outcome)] += 1
 
     def _freeze_predictions(self, lay: ExperimentLayout, raw: list[float]) -> tuple[int, ...]:
         """ŷ for each metric from the latest verified model, frozen at exposure."""
@@ -528,7 +528,7 @@ class BatchBuilder:
             return
         wanted: dict[str, list[str]] = defaultdict(list)
         for m in members:
-            experiment, _, unit = m.partition("\x00")
+            experiment, unit = keys.parse_maturity_member(m)
             if experiment in failed:  # left for a later batch
                 continue
             if experiment in self.layouts:
@@ -563,7 +563,7 @@ class BatchBuilder:
                 continue
             x, unit = key
             if before is not None and before.legacy_ids:  # format-1 CRC-32 ids, dropped
-                w.counters[f"{x}:event_ids_evicted"] += before.legacy_ids
+                w.counters[keys.experiment_counter(x, "event_ids_evicted")] += before.legacy_ids
             w.units[(x, keys.bucket_of(unit, buckets), unit)] = st.pack()
             w.unit_states[(x, unit)] = st
             changes.setdefault(x, []).append((before, st))
@@ -591,7 +591,8 @@ class BatchBuilder:
             if delta:
                 fields = w.histograms.setdefault((experiment, variation), {})
                 for b, n in delta.items():
-                    fields[f"{m.name}:{b}"] = fields.get(f"{m.name}:{b}", 0) + n
+                    name = keys.histogram_field(m.name, b)
+                    fields[name] = fields.get(name, 0) + n
 
     def _shifted_delta(self, p: int, experiment: str, variation: str, new_u: FloatArray,
                        old_u: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray | None]:

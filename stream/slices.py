@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
 from estimators.moments import FloatArray, MomentMatrix
 from state import keys
 from state import slices as stored
@@ -27,7 +25,7 @@ from state.layout import ExperimentLayout
 from state.store import BatchWrite, PartitionStore
 from state.units import UnitState
 from stream.messages import Exposure
-from stream.shifts import initial_shift, next_shift, recentre_sums
+from stream.rules import shifted_delta, vectors
 
 NONE = stored.NONE
 OTHER = stored.OTHER
@@ -80,8 +78,7 @@ class SliceDeltas:
         for (x, i, variation, value), (new, old) in rows.items():
             lay = layouts[x]
             dim = lay.definition.dimensions[i].name
-            new_u = lay.unit_vectors(np.asarray(new, dtype=np.float64).reshape(-1, lay.width))
-            old_u = lay.unit_vectors(np.asarray(old, dtype=np.float64).reshape(-1, lay.width))
+            new_u, old_u = vectors(lay, new), vectors(lay, old)
             fld = stored.matrix_field(variation, value)
             shift, delta, base = self._shifted(p, lay, dim, fld, new_u, old_u)
             w.slice_matrices[(x, dim, fld)] = (shift, delta)
@@ -130,7 +127,7 @@ class SliceDeltas:
     def _shifted(self, p: int, lay: ExperimentLayout, dim: str, fld: bytes, new_u: FloatArray,
                  old_u: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray | None]:
         """The batch's change of one stored slice matrix around its stored shift, re-centred
-        when a column's mean drifted (as :meth:`stream.batch.BatchBuilder._shifted_delta`)."""
+        when a column's mean drifted (:func:`stream.rules.shifted_delta`)."""
         columns = lay.columns
         ck = (p, lay.definition.id, dim)
         cache = self._cache.get(ck)
@@ -138,35 +135,12 @@ class SliceDeltas:
             cache = {stored.matrix_field(v, val): m for (v, val), m in stored.matrix_states(
                 self.store.client, p, lay.definition.id, dim, columns).items()}
             self._cache[ck] = cache
-        prev = cache.get(fld)
-        if prev is None:
-            shift = initial_shift(new_u if len(new_u) else old_u)
-            delta = _outer_sum(new_u, shift) - _outer_sum(old_u, shift)
-            cache[fld] = MomentMatrix(columns, shift, delta)
-            return shift, delta, None
-        delta = _outer_sum(new_u, prev.shift) - _outer_sum(old_u, prev.shift)
-        moved = next_shift(prev.shift, prev.sums + delta)
-        if moved is None:
-            cache[fld] = MomentMatrix(columns, prev.shift, prev.sums + delta)
-            return prev.shift, delta, None
-        delta = _outer_sum(new_u, moved) - _outer_sum(old_u, moved)
-        cache[fld] = MomentMatrix(columns, moved,
-                                  recentre_sums(prev.sums, prev.shift, moved) + delta)
-        return moved, delta, prev.shift
+        out = shifted_delta(columns, cache.get(fld), new_u, old_u)
+        cache[fld] = out.matrix
+        return out.shift, out.delta, out.base
 
 
 def _value(raw: str | None, kept: set[str]) -> str:
     if raw is None:
         return NONE
     return raw if raw in kept else OTHER
-
-
-def _outer_sum(vectors: FloatArray, shift: FloatArray) -> FloatArray:
-    d = len(shift)
-    if not len(vectors):
-        return np.zeros((d + 1, d + 1))
-    u = np.empty((len(vectors), d + 1))
-    u[:, 0] = 1.0
-    u[:, 1:] = vectors - shift
-    out: FloatArray = u.T @ u
-    return out

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from state import keys
 from state.store import Client, PartitionStore
 from stream.batch import BatchBuilder, PreparedBatch
 from stream.kafka import deliver
@@ -105,8 +106,8 @@ class Refusals:
         log.error("%s: partition %d: %d of %d side outputs not acknowledged (%s); batch not "
                   "applied, retrying in %.1fs", self.name, p, len(errors), sent, errors[0],
                   self._side_delay)
-        self.stats["refused_side_outputs"] += 1
-        self.store.add_counters(p, {"refused_side_outputs": 1,
+        self.stats[keys.refused_counter("side_outputs")] += 1
+        self.store.add_counters(p, {keys.refused_counter("side_outputs"): 1,
                                     "side_outputs_failed": len(errors)})
         self._rewind(p)
         self.stop_event.wait(self._side_delay)

@@ -29,6 +29,7 @@ from typing import Any
 
 import redis
 
+from state import keys
 from state.layout import ExperimentLayout
 from state.model_cache import ModelCache
 from state.models import ModelRegistry
@@ -290,7 +291,7 @@ class IngestWorker(Refusals, OffsetGuard):
             return
         self._stale.add(p)  # what was polled after this batch is read again
         self.builder.forget(p)
-        self.stats[f"refused_{outcome.reason}"] += 1
+        self.stats[keys.refused_counter(outcome.reason)] += 1
         log.warning("%s: batch of partition %d refused (%s %s)", self.name, p, outcome.reason,
                     outcome.detail)
         if self.owned.get(p) != commit.write.epoch:
