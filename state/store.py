@@ -271,24 +271,6 @@ class PartitionStore:
         blobs: Any = self.client.hmget(keys.pending(partition), list(units))
         return {u: b for u, b in zip(units, blobs, strict=True) if b is not None}
 
-    def expired_pending(self, partition: int, before: float, limit: int = 1000) -> list[str]:
-        raw = self.client.zrangebyscore(keys.pending_queue(partition), "-inf", f"({before}",
-                                        start=0, num=limit)
-        return [_text(r) for r in raw]
-
-    def oldest_pending(self, partition: int, n: int) -> list[str]:
-        """The ``n`` units held longest (lowest first-held time)."""
-        if n <= 0:
-            return []
-        raw = self.client.zrange(keys.pending_queue(partition), 0, n - 1)
-        return [_text(r) for r in raw]
-
-    def matured(self, partition: int, now: float, limit: int = 2000) -> list[str]:
-        """Members ``<experiment>\\x00<unit>`` whose outcome window closed by ``now``."""
-        raw = self.client.zrangebyscore(keys.maturity(partition), "-inf", now, start=0,
-                                        num=limit)
-        return [_text(r) for r in raw]
-
     def pending_count(self, partition: int) -> int:
         return int(self.client.hlen(keys.pending(partition)))
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from typing import Any
 
 from workers.alerter.service import Alerter
-from workers.cli.prologue import run
+from workers.cli.prologue import run, stop_on_signals
 from workers.settings import Settings
 
 log = logging.getLogger("liftstream.alerter")
@@ -23,12 +22,7 @@ def _alerter_command(args: argparse.Namespace) -> int:
 
 def _alerter_with(args: argparse.Namespace, settings: Settings) -> int:
     alerter = Alerter(settings)
-
-    def stop(signum: int, frame: Any) -> None:
-        alerter.stop_event.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(alerter.stop_event)
     try:
         if args.once:
             for a in alerter.evaluate_once():

@@ -7,12 +7,15 @@ Exit codes: 2 for bad input or settings (:class:`~workers.settings.SettingsError
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from typing import Any
 
 from workers.settings import Settings, SettingsError, load_settings
 
-__all__ = ["CommandError", "fail", "guarded", "run"]
+__all__ = ["CommandError", "fail", "guarded", "run", "stop_on_signals"]
 
 
 class CommandError(Exception):
@@ -51,3 +54,14 @@ def run(command: str, body: Callable[[Settings], int],
     """``body(settings)`` with the settings loaded from ``LIFTSTREAM_*``, under
     :func:`guarded`."""
     return guarded(command, lambda: body(load_settings()), usage_errors)
+
+
+def stop_on_signals(stop_event: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop_event``: a long-running command finishes its batch, lets
+    go of its leases and exits 0."""
+
+    def stop(signum: int, frame: Any) -> None:
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)

@@ -43,11 +43,6 @@ class RedisCluster(Server):
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{node.host}:{node.port}"
 
-    @property
-    def startup_nodes(self) -> list[tuple[str, int]]:
-        """``(host, port)`` of every node."""
-        return [(n.host, n.port) for n in self.nodes]
-
     def client(self, **kwargs: Any) -> redis.cluster.RedisCluster:
         """A cluster-aware redis-py client."""
         return redis.cluster.RedisCluster.from_url(self.url, **kwargs)

@@ -20,7 +20,6 @@ Faults the worker rides out, never exiting:
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections import defaultdict
@@ -47,6 +46,7 @@ from stream.kafka import (
     make_producer,
     partition_counts,
 )
+from workers.cli.prologue import stop_on_signals
 from workers.ingest.guard import OffsetGuard
 from workers.ingest.refusals import Refusals
 from workers.settings import Settings
@@ -347,12 +347,7 @@ class IngestWorker(Refusals, OffsetGuard):
 
 def run_worker(settings: Settings, name: str = "worker") -> int:
     worker = IngestWorker(settings, name)
-
-    def stop(signum: int, frame: Any) -> None:
-        worker.stop_event.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(worker.stop_event)
     try:
         worker.run()
     except CoPartitioningError as exc:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 from typing import Any
 
-from workers.cli.prologue import fail, run
+from workers.cli.prologue import fail, run, stop_on_signals
 from workers.learner.checkpoint import LearnerConflict
 from workers.learner.loop import Learner
 from workers.settings import Settings
@@ -17,12 +16,7 @@ log = logging.getLogger("liftstream.learner")
 
 def run_learner(settings: Settings, name: str = "learner") -> int:
     learner = Learner(settings, name)  # SettingsError: exit 2 (workers.cli.prologue)
-
-    def stop(signum: int, frame: Any) -> None:
-        learner.stop_event.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(learner.stop_event)
     try:
         learner.run()
     except LearnerConflict as exc:
