@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.chaos import ARMS, Cluster, Tally, Workload, tally, workload
+from estimators import document
 from state import keys
 from state.definition import parse_definition
 from state.limits import CEILINGS
@@ -104,7 +105,7 @@ def _counters(c: Cluster) -> dict[str, float]:
 def _warnings(c: Cluster, experiment: str) -> set[str]:
     d = Registry(c.client).get(experiment)
     assert d is not None
-    return {w["code"] for w in experiment_document(c.client, d)["warnings"]}
+    return {w.code for w in document.parse(experiment_document(c.client, d)).warnings}
 
 
 def _unit_states(c: Cluster, experiment: str) -> dict[str, UnitState]:
