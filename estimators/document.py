@@ -125,9 +125,14 @@ class Comparison(msgspec.Struct, kw_only=True):
     proxy: dict[str, Any] | None = None
     power_note: str | None = None  # why ``power`` is null (quantile metrics)
 
+    @property
+    def primary_name(self) -> str:
+        """The recommended estimator (``diff`` when none is named)."""
+        return self.primary or "diff"
+
     def primary_estimate(self) -> Estimator | None:
         """The recommended estimator's numbers (None when filtered out)."""
-        return self.estimators.get(self.primary or "diff")
+        return self.estimators.get(self.primary_name)
 
 
 class MetricResult(msgspec.Struct, kw_only=True):

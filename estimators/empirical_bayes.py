@@ -120,13 +120,12 @@ def balance_history(finished: Sequence[Mapping[str, Any]], candidates: Sequence[
 
 def summarize_comparison(c: Comparison) -> dict[str, Any]:
     """What a finished experiment keeps of one comparison (its recommended estimate)."""
-    name = c.primary or "diff"
     e = c.primary_estimate() or Estimator()
     rel_se = e.rel_se
     if rel_se is None:
         rel_se = relative_se(e.effect, e.se, e.treatment_mean, e.treatment_se, e.control_mean,
                              e.control_se)
-    return {"treatment": c.treatment, "estimator": name, "rel_effect": e.rel_effect,
+    return {"treatment": c.treatment, "estimator": c.primary_name, "rel_effect": e.rel_effect,
             "rel_se": rel_se, "effect": e.effect, "se": e.se}
 
 

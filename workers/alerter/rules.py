@@ -102,7 +102,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any] | document.Resu
         if name != d.primary and name not in guardrails:
             continue
         for c in m.comparisons:
-            estimator, e = c.primary or "diff", c.primary_estimate()
+            estimator, e = c.primary_name, c.primary_estimate()
             direction = _direction(e, alpha)
             f = _comparison_fields(name, c, estimator, e, alpha)
             if name == d.primary:

@@ -39,7 +39,7 @@ def summary_parts(doc: Mapping[str, Any] | ResultDocument, truth: dict[str, dict
     for m in sl.metrics:
         for c in m.comparisons:
             d = c.estimators["diff"]
-            a = c.estimators.get(c.primary or "diff", d)
+            a = c.primary_estimate() or d
             t = truth.get(m.metric, {}).get(c.treatment)
             seq = "—" if a.seq_ci_low is None or a.seq_ci_high is None else \
                 f"[{a.seq_ci_low:+.4f}, {a.seq_ci_high:+.4f}]"
