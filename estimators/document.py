@@ -7,7 +7,14 @@ is required (names, arm sizes); fields that a producer may leave out
 (the API's ``estimator=`` and ``sequential=false`` shapes, the batch CLI's ``timeline``, a
 definition without a prior, …) have defaults, so they are not *required* in the schema;
 numbers are ``float | None`` because a degenerate estimate is ``null`` with a ``note``.
-Consumers navigate a document through :func:`parse` instead of string keys:
+
+Consumers (the table, the demo summary, the alerter, history snapshots, the verdict, the
+finished-experiment record, the API's freshness, …) parse a document once, where they get it,
+with :func:`parse` (a typed document is returned as is) and then read attributes, never string
+keys. Producers (``estimators.report``, ``power.annotate``, ``estimators.slices``,
+``state.results``, ``workers.batch.analyze``) build plain dicts, and the API's shaped responses
+stay dicts: their key order and the fields a shape leaves out are the JSON's, which a
+round-trip through these structs (defaults filled in, declaration order) would change.
 
 >>> doc = parse({"experiment": "shop", "slices": [{"variations": [
 ...     {"name": "control", "n": 10, "is_control": True}, {"name": "t", "n": 12,
