@@ -43,6 +43,7 @@ from bench.chaos import (
     tally,
     workload,
 )
+from estimators import document
 from state import keys
 from state.definition import parse_definition
 from state.limits import CEILINGS
@@ -111,7 +112,7 @@ def _counters(c: Cluster) -> dict[str, float]:
 def _warnings(c: Cluster, experiment: str) -> set[str]:
     d = Registry(c.client).get(experiment)
     assert d is not None
-    return {w["code"] for w in experiment_document(c.client, d)["warnings"]}
+    return {w.code for w in document.parse(experiment_document(c.client, d)).warnings}
 
 
 def _unit_states(c: Cluster, experiment: str) -> dict[str, UnitState]:

@@ -27,6 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
+
+from estimators.document import Comparison, Estimator, MetricResult, Slice, Srm
+
 Recommendation = Literal["ship", "roll_back", "keep_running", "no_effect"]
 
 
@@ -160,31 +164,39 @@ def combine(per: Mapping[str, Verdict], primary: Mapping[str, MetricOutcome]) ->
     return Verdict("keep_running", ("no treatment",), None, detail)
 
 
-def _outcome(metric: Mapping[str, Any], comp: Mapping[str, Any],
-             higher_is_better: bool) -> MetricOutcome:
-    e = comp["estimators"].get(comp.get("primary") or "diff") or {}
-    return MetricOutcome(metric["metric"], e.get("seq_ci_low"), e.get("seq_ci_high"),
-                         e.get("effect"), higher_is_better)
+def _outcome(metric: str, comp: Comparison, higher_is_better: bool) -> MetricOutcome:
+    e = comp.primary_estimate() or Estimator()
+    return MetricOutcome(metric, e.seq_ci_low, e.seq_ci_high, e.effect, higher_is_better)
 
 
-def decide_document(sl: Mapping[str, Any], primary_metric: str, guardrails: Sequence[str],
-                    higher_is_better: Mapping[str, bool], elapsed_seconds: float | None,
-                    min_runtime_seconds: float | None) -> Verdict:
-    """The verdict of one slice document (with ``power`` on its comparisons)."""
-    srm_flagged = bool((sl.get("srm") or {}).get("flagged"))
-    metrics = {m["metric"]: m for m in sl.get("metrics", [])}
+def _srm_and_metrics(sl: Mapping[str, Any] | Slice) -> tuple[Srm | None, list[MetricResult]]:
+    if isinstance(sl, Slice):
+        return sl.srm, sl.metrics
+    return (msgspec.convert(sl.get("srm"), Srm | None),
+            msgspec.convert(sl.get("metrics", []), list[MetricResult]))
+
+
+def decide_document(sl: Mapping[str, Any] | Slice, primary_metric: str,
+                    guardrails: Sequence[str], higher_is_better: Mapping[str, bool],
+                    elapsed_seconds: float | None, min_runtime_seconds: float | None
+                    ) -> Verdict:
+    """The verdict of one slice document (with ``power`` on its comparisons); of a mapping,
+    only ``srm`` and ``metrics`` are read."""
+    srm, listed = _srm_and_metrics(sl)
+    srm_flagged = srm is not None and srm.flagged
+    metrics = {m.metric: m for m in listed}
     pm = metrics.get(primary_metric)
     if pm is None:
         return Verdict("keep_running", (f"primary metric {primary_metric} not in results",))
     per: dict[str, Verdict] = {}
     prim: dict[str, MetricOutcome] = {}
-    for c in pm["comparisons"]:
-        t = c["treatment"]
-        prim[t] = _outcome(pm, c, higher_is_better.get(primary_metric, True))
-        guards = [_outcome(metrics[g], gc, higher_is_better.get(g, True))
-                  for g in guardrails if g in metrics for gc in metrics[g]["comparisons"]
-                  if gc["treatment"] == t]
-        reached = (c.get("power") or {}).get("reached")
+    for c in pm.comparisons:
+        t = c.treatment
+        prim[t] = _outcome(pm.metric, c, higher_is_better.get(primary_metric, True))
+        guards = [_outcome(g, gc, higher_is_better.get(g, True))
+                  for g in guardrails if g in metrics for gc in metrics[g].comparisons
+                  if gc.treatment == t]
+        reached = c.power.reached if c.power is not None else None
         ready = Readiness(reached, elapsed_seconds, min_runtime_seconds)
         per[t] = decide_treatment(prim[t], guards, srm_flagged, ready)
     return combine(per, prim)

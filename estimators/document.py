@@ -7,7 +7,14 @@ is required (names, arm sizes); fields that a producer may leave out
 (the API's ``estimator=`` and ``sequential=false`` shapes, the batch CLI's ``timeline``, a
 definition without a prior, …) have defaults, so they are not *required* in the schema;
 numbers are ``float | None`` because a degenerate estimate is ``null`` with a ``note``.
-Consumers navigate a document through :func:`parse` instead of string keys:
+
+Consumers (the table, the demo summary, the alerter, history snapshots, the verdict, the
+finished-experiment record, the API's freshness, …) parse a document once, where they get it,
+with :func:`parse` (a typed document is returned as is) and then read attributes, never string
+keys. Producers (``estimators.report``, ``power.annotate``, ``estimators.slices``,
+``state.results``, ``workers.batch.analyze``) build plain dicts, and the API's shaped responses
+stay dicts: their key order and the fields a shape leaves out are the JSON's, which a
+round-trip through these structs (defaults filled in, declaration order) would change.
 
 >>> doc = parse({"experiment": "shop", "slices": [{"variations": [
 ...     {"name": "control", "n": 10, "is_control": True}, {"name": "t", "n": 12,
@@ -26,9 +33,9 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Bayes", "Comparison", "CovariateCheck", "Decision", "Estimator", "MetricResult",
-           "ResultDocument", "Slice", "Srm", "Variation", "Window", "json_schema", "parse",
-           "to_builtins"]
+__all__ = ["Bayes", "Comparison", "CovariateCheck", "Decision", "Estimator", "Freshness",
+           "MetricResult", "Power", "ResultDocument", "ResultWarning", "Slice", "Srm",
+           "Variation", "Window", "json_schema", "parse", "parse_slice", "to_builtins"]
 
 Number = float | None
 
@@ -88,6 +95,28 @@ class Bayes(msgspec.Struct, kw_only=True):
     note: str | None = None
 
 
+class Power(msgspec.Struct, kw_only=True):
+    """Power, MDE and time to decision of a comparison (``estimators.power.Power``)."""
+
+    estimator: str = ""
+    power: Number = None
+    mde: Number = None
+    mde_sequential: Number = None
+    rel_mde: Number = None
+    rel_mde_sequential: Number = None
+    target_rel_mde: Number = None
+    target_effect: Number = None
+    units: int | None = None
+    projected_units: int | None = None
+    projected_units_fixed: int | None = None
+    remaining_units: int | None = None
+    units_per_second: Number = None
+    projected_seconds: Number = None
+    progress: Number = None
+    reached: bool | None = None
+    note: str | None = None
+
+
 class Comparison(msgspec.Struct, kw_only=True):
     """One treatment against the control for one metric."""
 
@@ -98,14 +127,19 @@ class Comparison(msgspec.Struct, kw_only=True):
     covariate_selection: list[CovariateCheck] = []
     bayes: Bayes | None = None
     diagnostics: dict[str, Any] | None = None
-    power: dict[str, Any] | None = None
+    power: Power | None = None
     selection: dict[str, Any] | None = None
     proxy: dict[str, Any] | None = None
     power_note: str | None = None  # why ``power`` is null (quantile metrics)
 
+    @property
+    def primary_name(self) -> str:
+        """The recommended estimator (``diff`` when none is named)."""
+        return self.primary or "diff"
+
     def primary_estimate(self) -> Estimator | None:
         """The recommended estimator's numbers (None when filtered out)."""
-        return self.estimators.get(self.primary or "diff")
+        return self.estimators.get(self.primary_name)
 
 
 class MetricResult(msgspec.Struct, kw_only=True):
@@ -137,6 +171,16 @@ class Srm(msgspec.Struct, kw_only=True):
     note: str | None = None
 
 
+class Freshness(msgspec.Struct, kw_only=True):
+    """How new the data is: a slice's newest applied event; the API adds the rest."""
+
+    last_event_ts: Number = None
+    computed_at: Number = None
+    last_event_age_seconds: Number = None
+    consumer_lag: dict[str, Any] | None = None
+    cache_seconds: Number = None
+
+
 class Slice(msgspec.Struct, kw_only=True):
     """One slice (``by`` = None: everyone): arm sizes, SRM and every metric."""
 
@@ -145,7 +189,7 @@ class Slice(msgspec.Struct, kw_only=True):
     by: dict[str, Any] | None = None
     srm: Srm | None = None
     counters: dict[str, int] | None = None
-    freshness: dict[str, Any] | None = None
+    freshness: Freshness | None = None
     timeline: list[dict[str, Any]] | None = None
 
     @property
@@ -172,19 +216,26 @@ class Decision(msgspec.Struct, kw_only=True):
     by_treatment: dict[str, dict[str, Any]] | None = None
 
 
+class ResultWarning(msgspec.Struct, kw_only=True):
+    """A counted loss, eviction or refusal (``state.warnings``), or dropped input rows."""
+
+    code: str
+    detail: str = ""
+
+
 class ResultDocument(msgspec.Struct, kw_only=True):
     """The whole result document (the API adds ``status``, ``query`` and ``freshness``)."""
 
     slices: list[Slice]
     experiment: str | None = None
     window: Window | None = None
-    warnings: list[dict[str, Any]] = []
+    warnings: list[ResultWarning] = []
     decision: Decision | None = None
     prior: dict[str, Any] | None = None
     timeline: list[dict[str, Any]] | None = None
     status: str | None = None
     query: dict[str, Any] | None = None
-    freshness: dict[str, Any] | None = None
+    freshness: Freshness | None = None
 
     @property
     def first(self) -> Slice:
@@ -192,11 +243,18 @@ class ResultDocument(msgspec.Struct, kw_only=True):
         return self.slices[0]
 
 
-def parse(doc: Mapping[str, Any] | bytes) -> ResultDocument:
-    """A produced document (a mapping, or its JSON) as typed structs."""
+def parse(doc: Mapping[str, Any] | bytes | ResultDocument) -> ResultDocument:
+    """A produced document (a mapping, or its JSON) as typed structs (a typed one as is)."""
+    if isinstance(doc, ResultDocument):
+        return doc
     if isinstance(doc, bytes | bytearray | memoryview):
         return msgspec.json.decode(doc, type=ResultDocument)
     return msgspec.convert(doc, ResultDocument)
+
+
+def parse_slice(sl: Mapping[str, Any] | Slice) -> Slice:
+    """One slice document (what ``estimators.report.slice_document`` builds) as typed."""
+    return sl if isinstance(sl, Slice) else msgspec.convert(sl, Slice)
 
 
 def to_builtins(doc: ResultDocument) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from estimators.document import Comparison, Estimator, ResultDocument, parse
+
 MIN_EXPERIMENTS = 5
 MIN_SIGMA = 1e-3
 
@@ -116,30 +118,28 @@ def balance_history(finished: Sequence[Mapping[str, Any]], candidates: Sequence[
     return out
 
 
-def summarize_comparison(c: Mapping[str, Any]) -> dict[str, Any]:
+def summarize_comparison(c: Comparison) -> dict[str, Any]:
     """What a finished experiment keeps of one comparison (its recommended estimate)."""
-    name = c.get("primary") or "diff"
-    e = c["estimators"].get(name) or {}
-    rel_se = e.get("rel_se")
+    e = c.primary_estimate() or Estimator()
+    rel_se = e.rel_se
     if rel_se is None:
-        rel_se = relative_se(e.get("effect"), e.get("se"), e.get("treatment_mean"),
-                             e.get("treatment_se"), e.get("control_mean"), e.get("control_se"))
-    return {"treatment": c["treatment"], "estimator": name, "rel_effect": e.get("rel_effect"),
-            "rel_se": rel_se, "effect": e.get("effect"), "se": e.get("se")}
+        rel_se = relative_se(e.effect, e.se, e.treatment_mean, e.treatment_se, e.control_mean,
+                             e.control_se)
+    return {"treatment": c.treatment, "estimator": c.primary_name, "rel_effect": e.rel_effect,
+            "rel_se": rel_se, "effect": e.effect, "se": e.se}
 
 
-def finished_record(experiment: str, stopped_at: float, doc: Mapping[str, Any]
-                    ) -> dict[str, Any]:
+def finished_record(experiment: str, stopped_at: float,
+                    doc: Mapping[str, Any] | ResultDocument) -> dict[str, Any]:
     """The finished-experiment record of a result document's first slice."""
-    sl = doc["slices"][0]
+    sl = parse(doc).first
     metrics: dict[str, list[dict[str, Any]]] = {}
     balance: dict[str, list[float | None]] = {}
-    for m in sl.get("metrics", []):
-        metrics[m["metric"]] = [summarize_comparison(c) for c in m["comparisons"]]
+    for m in sl.metrics:
+        metrics[m.metric] = [summarize_comparison(c) for c in m.comparisons]
         if not balance:  # the candidates' balance test is the same for every metric
-            for c in m["comparisons"]:
-                for ch in c.get("covariate_selection") or []:
-                    balance.setdefault(ch["name"], []).append(ch.get("p_value"))
-    return {"experiment": experiment, "stopped_at": stopped_at,
-            "units": sum(int(v["n"]) for v in sl.get("variations", [])),
+            for c in m.comparisons:
+                for ch in c.covariate_selection:
+                    balance.setdefault(ch.name, []).append(ch.p_value)
+    return {"experiment": experiment, "stopped_at": stopped_at, "units": sl.total_units,
             "metrics": metrics, "balance": balance}

@@ -214,11 +214,11 @@ def quantile_estimate(treatment: Histogram, control: Histogram, q: float,
     assert t.value is not None and c.value is not None and t.se is not None and c.se is not None
     se = math.hypot(t.se, c.se)
     effect = t.value - c.value
-    base = Estimate("quantile", treatment_mean=t.value, control_mean=c.value,
-                    treatment_se=t.se, control_se=c.se)
     if se == 0.0:
-        return _replace(base, note="both arms' rank intervals lie in one bucket (an atom, e.g. "
-                                   "many equal values): no standard error")
+        return Estimate("quantile", treatment_mean=t.value, control_mean=c.value,
+                        treatment_se=t.se, control_se=c.se,
+                        note="both arms' rank intervals lie in one bucket (an atom, e.g. many "
+                             "equal values): no standard error")
     z = float(stats.norm.ppf(1.0 - alpha / 2.0))
     n = t.n + c.n
     hw = sequential.half_width(se, n, alpha, tuning)
@@ -239,11 +239,6 @@ def quantile_estimate(treatment: Histogram, control: Histogram, q: float,
                     seq_p_value=sequential.p_value(effect, se, n, alpha, tuning),
                     treatment_mean=t.value, control_mean=c.value, treatment_se=t.se,
                     control_se=c.se, note=note)
-
-
-def _replace(e: Estimate, **changes: object) -> Estimate:
-    from dataclasses import replace
-    return replace(e, **changes)  # type: ignore[arg-type]
 
 
 def quantile_name(metric: str, q: float) -> str:

@@ -200,7 +200,7 @@ def _round(x: Any) -> float | None:
 
 def snapshot(doc: Mapping[str, Any] | document.ResultDocument, ts: float) -> dict[str, Any]:
     """The compact snapshot of a result document (first slice) taken at ``ts``."""
-    sl = (doc if isinstance(doc, document.ResultDocument) else document.parse(doc)).first
+    sl = document.parse(doc).first
     comps = []
     for m in sl.metrics:
         for c in m.comparisons:

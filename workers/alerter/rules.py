@@ -47,17 +47,8 @@ class AlertSink(Protocol):
 
 
 
-def _typed(doc: Mapping[str, Any] | document.ResultDocument) -> document.ResultDocument:
-    return doc if isinstance(doc, document.ResultDocument) else document.parse(doc)
-
-
 def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "n/a" if x is None else format(x, spec)
-
-
-def _primary_estimate(c: document.Comparison) -> tuple[str, document.Estimator | None]:
-    name = c.primary or "diff"
-    return name, c.estimators.get(name)
 
 
 def _direction(e: document.Estimator | None, alpha: float) -> str | None:
@@ -87,7 +78,7 @@ def _comparison_text(d: ExperimentDef, head: str, f: Mapping[str, Any]) -> str:
 
 def activity_signature(doc: Mapping[str, Any] | document.ResultDocument) -> str:
     """A fingerprint of what changes when data arrives: arm sizes, means, counters."""
-    sl = _typed(doc).first
+    sl = document.parse(doc).first
     parts: list[Any] = [[v.n for v in sl.variations], sorted((sl.counters or {}).items())]
     for m in sl.metrics:
         for c in m.comparisons:
@@ -96,13 +87,13 @@ def activity_signature(doc: Mapping[str, Any] | document.ResultDocument) -> str:
     return format(zlib.crc32(msgspec.json.encode(parts)), "08x")
 
 
-def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
+def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any] | document.ResultDocument,
                         states: Mapping[str, Mapping[str, Any]], now: float,
                         stale_after: float) -> tuple[list[Alert], dict[str, dict[str, Any]]]:
     """Alerts that fire now and the condition states that changed (pure: no I/O)."""
     alerts: list[Alert] = []
     changed: dict[str, dict[str, Any]] = {}
-    typed = _typed(doc)
+    typed = document.parse(doc)
     sl = typed.first
     alpha = d.alpha
     guardrails = set(d.guardrails)
@@ -112,7 +103,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
         if name != d.primary and name not in guardrails:
             continue
         for c in m.comparisons:
-            estimator, e = _primary_estimate(c)
+            estimator, e = c.primary_name, c.primary_estimate()
             direction = _direction(e, alpha)
             f = _comparison_fields(name, c, estimator, e, alpha)
             if name == d.primary:
@@ -160,7 +151,7 @@ def evaluate_experiment(d: ExperimentDef, doc: Mapping[str, Any],
         idle = now - float(st.get("changed_at", now))
         if idle >= stale_after and not st.get("fired"):
             changed["stale"] = {**st, "fired": True, "at": now}
-            last = (sl.freshness or {}).get("last_event_ts")
+            last = sl.freshness.last_event_ts if sl.freshness is not None else None
             alerts.append(Alert(
                 "stale", d.id, "stale",
                 f"[{d.id}] no new data for {idle:.0f} s (threshold {stale_after:g} s) while "

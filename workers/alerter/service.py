@@ -46,6 +46,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from estimators import document
 from state import history
 from state.alerts import AlertStateStore
 from state.definition import ExperimentDef
@@ -104,7 +105,7 @@ class Alerter:
         return alerts
 
     def _evaluate(self, d: ExperimentDef, now: float) -> list[Alert]:
-        doc = experiment_document(self.client, d, now=now)
+        doc = document.parse(experiment_document(self.client, d, now=now))
         interval = self.settings.alert_interval_seconds
         claimed = history.claim(self.client, d.id, now, interval)
         if claimed is not None:  # else another process recorded this interval

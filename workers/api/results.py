@@ -9,6 +9,7 @@ import msgspec
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from estimators import document
 from state import history
 from state.definition import ExperimentDef
 from state.results import experiment_document_with
@@ -44,7 +45,9 @@ def results_router(api: ApiState, gate: ComputeGate) -> APIRouter:
             return None
         corr: Any = correction
         doc = experiment_document_with(api.client, d, corr, alpha, by)
-        res = CachedResult(d, msgspec.json.encode(doc), time.time())
+        fresh = document.parse(doc).first.freshness
+        res = CachedResult(d, msgspec.json.encode(doc), time.time(),
+                           fresh.last_event_ts if fresh is not None else None)
         encode(res, None, True, alpha, correction, doc)  # here, in the worker thread
         return res
 
@@ -56,7 +59,7 @@ def results_router(api: ApiState, gate: ComputeGate) -> APIRouter:
         if body is None:
             source = computed if computed is not None else msgspec.json.decode(res.doc)
             doc = shape_results(source, estimator, sequential)
-            last = doc["slices"][0].get("freshness", {}).get("last_event_ts")
+            last = res.last_event_ts
             reading = api.lag.latest() if api.lag is not None else None
             doc["status"] = res.definition.status
             doc["query"] = {"alpha": alpha if alpha is not None else res.definition.alpha,

@@ -31,6 +31,7 @@ class CachedResult:
     definition: ExperimentDef
     doc: bytes
     computed_at: float
+    last_event_ts: float | None  # the first slice's freshness (the response's freshness)
     bodies: dict[tuple[str | None, bool], bytes] = field(default_factory=dict)
 
 

@@ -50,13 +50,13 @@ def _split(model_id: str, definitions: dict[str, ExperimentDef]) -> tuple[str, s
 
 
 def _in_results(client: Client, d: ExperimentDef, metric: str,
-                cache: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+                cache: dict[str, document.ResultDocument]) -> list[dict[str, Any]]:
     from state.results import experiment_document
 
     if d.id not in cache:
-        cache[d.id] = experiment_document(client, d)
+        cache[d.id] = document.parse(experiment_document(client, d))
     out = []
-    m = document.parse(cache[d.id]).first.metric(metric)
+    m = cache[d.id].first.metric(metric)
     for c in m.comparisons if m is not None else []:
         cupac = c.estimators.get("cupac")
         out.append({"treatment": c.treatment,
@@ -75,7 +75,7 @@ def model_rows(client: Client, hmac_key: str | None = None, results: bool = True
     ids = sorted(_text(r) for r in raw)
     registry = ModelRegistry(client, hmac_key) if hmac_key else None
     definitions = {d.id: d for d in Registry(client).list()} if results else {}
-    cache: dict[str, dict[str, Any]] = {}
+    cache: dict[str, document.ResultDocument] = {}
     now = time.time()
     rows = []
     for model_id in ids:

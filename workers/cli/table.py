@@ -3,7 +3,10 @@ tests) or ``rich`` tables (:func:`renderable`, used when standard output is a te
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from estimators.document import Comparison, ResultDocument, Slice, Srm, parse, parse_slice
 
 Block = str | list[tuple[str, ...]]  # a line, or the rows of an estimator table
 
@@ -18,18 +21,20 @@ def _num(x: Any, pct: bool = False) -> str:
     return f"{x:.4g}"
 
 
+def _share(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
 def _ci(lo: Any, hi: Any) -> str:
     return "—" if lo is None or hi is None else f"[{lo:.4g}, {hi:.4g}]"
 
 
-def _doc_blocks(doc: dict[str, Any]) -> list[Block]:
-    blocks: list[Block] = [f"warning [{w['code']}]: {w['detail']}"
-                           for w in doc.get("warnings", [])]
-    dec = doc.get("decision")
+def _doc_blocks(doc: ResultDocument) -> list[Block]:
+    blocks: list[Block] = [f"warning [{w.code}]: {w.detail}" for w in doc.warnings]
+    dec = doc.decision
     if dec:
-        blocks += [f"decision: {dec['recommendation']}", *(f"  - {r}" for r in dec["reasons"]),
-                   ""]
-    for sl in doc.get("slices", []):
+        blocks += [f"decision: {dec.recommendation}", *(f"  - {r}" for r in dec.reasons), ""]
+    for sl in doc.slices:
         blocks.extend(slice_blocks(sl))
         blocks.append("")
     return blocks
@@ -48,24 +53,24 @@ def _plain(blocks: list[Block]) -> list[str]:
     return lines
 
 
-def render(doc: dict[str, Any]) -> str:
+def render(doc: Mapping[str, Any] | ResultDocument) -> str:
     """The document as plain text."""
-    return "\n".join(_plain(_doc_blocks(doc))).rstrip() + "\n"
+    return "\n".join(_plain(_doc_blocks(parse(doc)))).rstrip() + "\n"
 
 
-def render_slice(sl: dict[str, Any]) -> list[str]:
+def render_slice(sl: Mapping[str, Any] | Slice) -> list[str]:
     """One slice as plain text lines."""
-    return _plain(slice_blocks(sl))
+    return _plain(slice_blocks(parse_slice(sl)))
 
 
-def renderable(doc: dict[str, Any]) -> Any:
+def renderable(doc: Mapping[str, Any] | ResultDocument) -> Any:
     """The document as ``rich`` renderables: text lines and one table per comparison."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     parts: list[Any] = []
-    for b in _doc_blocks(doc):
+    for b in _doc_blocks(parse(doc)):
         if isinstance(b, str):
             parts.append(Text(b))
             continue
@@ -76,49 +81,46 @@ def renderable(doc: dict[str, Any]) -> Any:
     return Group(*parts)
 
 
-def slice_blocks(sl: dict[str, Any]) -> list[Block]:
+def slice_blocks(sl: Slice) -> list[Block]:
     lines: list[Block] = []
-    if sl.get("by"):
-        lines.append("== " + ", ".join(f"{k}={v}" for k, v in sl["by"].items()) + " ==")
+    if sl.by:
+        lines.append("== " + ", ".join(f"{k}={v}" for k, v in sl.by.items()) + " ==")
     lines.append("variations: " + ", ".join(
-        f"{v['name']}{' (control)' if v['is_control'] else ''} n={v['n']}"
-        for v in sl["variations"]))
-    srm = sl["srm"]
-    lines.append(f"SRM: p={_num(srm['p_value'])} sequential p={_num(srm['sequential_p_value'])}"
-                 f"{'  ** MISMATCH **' if srm['flagged'] else '  ok'}")
-    for m in sl["metrics"]:
-        for c in m["comparisons"]:
+        f"{v.name}{' (control)' if v.is_control else ''} n={v.n}" for v in sl.variations))
+    srm = sl.srm or Srm()
+    lines.append(f"SRM: p={_num(srm.p_value)} sequential p={_num(srm.sequential_p_value)}"
+                 f"{'  ** MISMATCH **' if srm.flagged else '  ok'}")
+    for m in sl.metrics:
+        for c in m.comparisons:
             lines.append("")
-            lines.append(f"{m['metric']} ({m['kind']}): {c['treatment']} vs {c['control']}")
-            rows: list[tuple[str, ...]] = []
-            for name, e in c["estimators"].items():
-                rows.append((name, _num(e["effect"]), _ci(e["ci_low"], e["ci_high"]),
-                             _num(e["rel_effect"], pct=True), _num(e["p_value"]),
-                             _ci(e["seq_ci_low"], e["seq_ci_high"]), _num(e["seq_p_value"]),
-                             _num(e["variance_reduction"], pct=True)
-                             if e["variance_reduction"] is not None else "—"))
-            lines.append(rows)
-            for name, e in c["estimators"].items():
-                if e.get("note"):
-                    lines.append(f"  note [{name}]: {e['note']}")
-            for cs in c["covariate_selection"]:
-                lines.append(f"  in-experiment {cs['name']}: balance p={_num(cs['p_value'])} "
-                             f"{'used' if cs['selected'] else 'NOT used'}")
-            corr = (c.get("diagnostics") or {}).get("prediction_outcome_correlation")
-            if corr is not None:
-                lines.append(f"  prediction–outcome correlation {corr:.3f}")
-            b = c["bayes"]
-            if b.get("treatment_posterior_mean") is not None:
-                lines.append(f"  bayes ({b['model']}, {b['estimator']}): posterior "
-                             f"{_num(b['treatment_posterior_mean'])} vs "
-                             f"{_num(b['control_posterior_mean'])}, chance to beat control "
-                             f"{100 * b['chance_to_beat_control']:.1f}%, expected loss "
-                             f"{_num(b['expected_loss'])}")
-            pw = c.get("power") or {}
-            if pw.get("mde") is not None:
-                eta = pw.get("projected_units")
-                lines.append(f"  power 80% ({pw['estimator']}): MDE {_num(pw['mde'])}, anytime "
-                             f"MDE {_num(pw['mde_sequential'])}" + (
-                                 f"; target {_num(pw['target_rel_mde'], pct=True)} needs "
-                                 f"{eta} units" if eta is not None else ""))
+            lines.append(f"{m.metric} ({m.kind}): {c.treatment} vs {c.control}")
+            lines.extend(_comparison_blocks(c))
+    return lines
+
+
+def _comparison_blocks(c: Comparison) -> list[Block]:
+    lines: list[Block] = [[
+        (name, _num(e.effect), _ci(e.ci_low, e.ci_high), _num(e.rel_effect, pct=True),
+         _num(e.p_value), _ci(e.seq_ci_low, e.seq_ci_high), _num(e.seq_p_value),
+         _num(e.variance_reduction, pct=True))
+        for name, e in c.estimators.items()]]
+    lines += [f"  note [{name}]: {e.note}" for name, e in c.estimators.items() if e.note]
+    lines += [f"  in-experiment {cs.name}: balance p={_num(cs.p_value)} "
+              f"{'used' if cs.selected else 'NOT used'}" for cs in c.covariate_selection]
+    corr = (c.diagnostics or {}).get("prediction_outcome_correlation")
+    if corr is not None:
+        lines.append(f"  prediction–outcome correlation {corr:.3f}")
+    b = c.bayes
+    if b is not None and b.treatment_posterior_mean is not None:
+        lines.append(f"  bayes ({b.model}, {b.estimator}): posterior "
+                     f"{_num(b.treatment_posterior_mean)} vs {_num(b.control_posterior_mean)}"
+                     f", chance to beat control {_share(b.chance_to_beat_control)}"
+                     f", expected loss {_num(b.expected_loss)}")
+    pw = c.power
+    if pw is not None and pw.mde is not None:
+        eta = pw.projected_units
+        lines.append(f"  power 80% ({pw.estimator}): MDE {_num(pw.mde)}, anytime "
+                     f"MDE {_num(pw.mde_sequential)}" + (
+                         f"; target {_num(pw.target_rel_mde, pct=True)} needs "
+                         f"{eta} units" if eta is not None else ""))
     return lines

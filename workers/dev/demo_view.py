@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self, TextIO
+
+from estimators.document import Estimator, ResultDocument, parse
 
 __all__ = ["SUMMARY_COLUMNS", "SummaryView", "summary_parts", "summary_text"]
 
@@ -16,34 +19,35 @@ _WIDTHS = (-22, -13, 9, 20, 20, 24, 7)  # plain text: negative = left-aligned
 Parts = tuple[list[str], list[tuple[str, ...]], list[str]]
 
 
-def _eff(x: dict[str, Any]) -> str:
-    if x.get("effect") is None:
+def _eff(x: Estimator) -> str:
+    if x.effect is None or x.ci_low is None or x.ci_high is None:
         return "—"
-    return f"{x['effect']:+.4f}±{(x['ci_high'] - x['ci_low']) / 2:.4f}"
+    return f"{x.effect:+.4f}±{(x.ci_high - x.ci_low) / 2:.4f}"
 
 
-def summary_parts(doc: dict[str, Any], truth: dict[str, dict[str, float]], applied: int,
-                  rate: float, elapsed: float, url: str) -> Parts:
+def summary_parts(doc: Mapping[str, Any] | ResultDocument, truth: dict[str, dict[str, float]],
+                  applied: int, rate: float, elapsed: float, url: str) -> Parts:
     """Header lines, one row per metric × treatment (:data:`SUMMARY_COLUMNS`), footer."""
-    sl = doc["slices"][0]
+    typed = parse(doc)
+    sl = typed.first
     head = [f"liftstream demo — dashboard: {url}",
             f"t={elapsed:5.0f}s  messages applied {applied:,}  ({rate:,.0f}/s)  "
-            f"dead letters {int(sl['counters'].get('dead_letters', 0)):,}",
-            "units: " + ", ".join(f"{v['name']}={v['n']:,}" for v in sl["variations"])
-            + f"   SRM {'MISMATCH' if sl['srm']['flagged'] else 'ok'}"]
+            f"dead letters {int((sl.counters or {}).get('dead_letters', 0)):,}",
+            "units: " + ", ".join(f"{v.name}={v.n:,}" for v in sl.variations)
+            + f"   SRM {'MISMATCH' if sl.srm is not None and sl.srm.flagged else 'ok'}"]
     rows: list[tuple[str, ...]] = []
-    for m in sl["metrics"]:
-        for c in m["comparisons"]:
-            e = c["estimators"]
-            d, a = e["diff"], e.get(c["primary"], e["diff"])
-            t = truth.get(m["metric"], {}).get(c["treatment"])
-            seq = "—" if a.get("seq_ci_low") is None else \
-                f"[{a['seq_ci_low']:+.4f}, {a['seq_ci_high']:+.4f}]"
-            vr = a.get("variance_reduction")
-            rows.append((m["metric"], c["treatment"], "" if t is None else f"{t:+.4f}",
+    for m in sl.metrics:
+        for c in m.comparisons:
+            d = c.estimators["diff"]
+            a = c.primary_estimate() or d
+            t = truth.get(m.metric, {}).get(c.treatment)
+            seq = "—" if a.seq_ci_low is None or a.seq_ci_high is None else \
+                f"[{a.seq_ci_low:+.4f}, {a.seq_ci_high:+.4f}]"
+            vr = a.variance_reduction
+            rows.append((m.metric, c.treatment, "" if t is None else f"{t:+.4f}",
                          _eff(d), _eff(a), seq, "" if vr is None else f"{100 * vr:.0f}%"))
-    dec = doc.get("decision")
-    foot = [f"decision: {dec['recommendation']} — {'; '.join(dec['reasons'])}"] if dec else []
+    dec = typed.decision
+    foot = [f"decision: {dec.recommendation} — {'; '.join(dec.reasons)}"] if dec else []
     return head, rows, foot
 
 
