@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from estimators.document import Comparison, ResultDocument, Slice, Srm, parse, parse_slice
+from estimators.document import Comparison, ResultDocument, Slice, Srm, parse
 
 Block = str | list[tuple[str, ...]]  # a line, or the rows of an estimator table
 
@@ -56,11 +56,6 @@ def _plain(blocks: list[Block]) -> list[str]:
 def render(doc: Mapping[str, Any] | ResultDocument) -> str:
     """The document as plain text."""
     return "\n".join(_plain(_doc_blocks(parse(doc)))).rstrip() + "\n"
-
-
-def render_slice(sl: Mapping[str, Any] | Slice) -> list[str]:
-    """One slice as plain text lines."""
-    return _plain(slice_blocks(parse_slice(sl)))
 
 
 def renderable(doc: Mapping[str, Any] | ResultDocument) -> Any:
