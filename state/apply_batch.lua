@@ -9,7 +9,8 @@
 -- but a refusal counter, so a refused (zombie or replayed) batch changes no statistics.
 --
 -- KEYS[1] epoch, KEYS[2] offsets, KEYS[3] counters, KEYS[4..] data keys addressed by index.
--- ARGV: epoch, then sections, each "count" followed by its tuples:
+-- ARGV[1]: one msgpack array of strings (state/store.py packs it: one Redis argument instead of
+-- hundreds of thousands), holding the epoch, then sections, each "count" followed by its tuples:
 --   offsets   (field, expected_stored_offset or "" if none stored yet, next_offset)
 --   matrices  (key_index, field, d, blob, base)   blob = shift (d doubles) .. upper-triangle
 --             delta around that shift; base = "" (the stored shift must equal the blob's) or the
@@ -26,9 +27,10 @@
 --             a field whose count reaches 0 is deleted
 -- Returns {1} on success, {0, reason, detail} on refusal.
 
+local args = cmsgpack.unpack(ARGV[1])
 local argi = 1
 local function nextarg()
-  local v = ARGV[argi]
+  local v = args[argi]
   argi = argi + 1
   return v
 end

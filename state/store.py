@@ -9,6 +9,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
 import redis
 import redis.cluster
 
@@ -210,7 +211,7 @@ class PartitionStore:
         mkeys = [keys.matrices(partition, x) for x in matrices_of]
         res = self._read_batch(keys=[*key_list, keys.pending(partition),
                                      keys.pending_queue(partition), keys.maturity(partition),
-                                     *mkeys], args=args)
+                                     *mkeys], args=[packed_args(args)])
         values, count, expired, oldest, matured, matrices = res
         it = iter(values)
         states: dict[tuple[str, str], UnitState] = {}
@@ -344,7 +345,7 @@ class PartitionStore:
         args.append(len(hist))
         for key, f, n in hist:
             args += [k(key), f, n]
-        res = self._script(keys=key_list, args=args)
+        res = self._script(keys=key_list, args=[packed_args(args)])
         if int(res[0]) == 1:
             return ApplyOutcome(True)
         reason = _text(res[1])
@@ -360,6 +361,32 @@ def _slice_matrix_args(w: BatchWrite, k: Any) -> list[Any]:
         args += [k(keys.slice_matrices(w.partition, exp, dim)), fld, len(shift),
                  pack(shift, delta), "" if base is None else pack_shift(base)]
     return args
+
+
+_PACK = msgspec.msgpack.Encoder()
+
+
+def packed_args(args: Sequence[Any]) -> bytes:
+    """A script's arguments as one msgpack array of strings (the script unpacks it with
+    ``cmsgpack.unpack``): numbers become the text Redis would have received and bytes are
+    sent as msgpack strings (Redis' cmsgpack has no bin type), so the script sees exactly
+    the values it saw as separate ARGV, without a Redis argument per value."""
+    return _PACK.encode([a if a.__class__ is str else
+                         _raw_str(a) if a.__class__ is bytes else str(a) for a in args])
+
+
+def _raw_str(b: bytes) -> msgspec.Raw:
+    """``b`` as a msgpack str (header then the bytes, unchanged)."""
+    n = len(b)
+    if n < 32:
+        head = bytes((0xA0 | n,))
+    elif n < 0x100:
+        head = bytes((0xD9, n))
+    elif n < 0x10000:
+        head = b"\xda" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + n.to_bytes(4, "big")
+    return msgspec.Raw(head + b)
 
 
 def _text(value: Any) -> str:
