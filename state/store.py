@@ -99,6 +99,7 @@ class BatchReads:
     oldest: list[str]  # the units held longest, as many as eviction at the bound may need
     matured: list[str]  # maturity members ``<experiment>\x00<unit>`` due by the cutoff
     matrices: dict[str, dict[str, bytes]]  # experiment → variation → stored matrix blob
+    buckets: Mapping[str, int] = field(default_factory=dict)  # unit → bucket, of the units read
 
 
 @dataclass(frozen=True)
@@ -192,11 +193,11 @@ class PartitionStore:
         count, units held since before ``expired_before``, the oldest held units eviction
         may need (``max_pending``: the bound, -1 none; ``pending_units`` may add as many), maturity
         members due by ``matured_by`` and the stored matrices of ``matrices_of``: one call."""
+        bucket = unit_buckets(wanted, buckets)
         by_key: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for experiment, units in wanted.items():
             for u in units:
-                by_key[keys.units(partition, experiment, keys.bucket_of(u, buckets))].append(
-                    (experiment, u))
+                by_key[keys.units(partition, experiment, bucket[u])].append((experiment, u))
         key_list = list(by_key)
         args: list[Any] = [len(key_list)]
         for k in key_list:
@@ -224,7 +225,8 @@ class PartitionStore:
         stored = {x: {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
                   for x, flat in zip(matrices_of, matrices, strict=True)}
         return BatchReads(states, held, int(count), [_text(u) for u in expired],
-                          [_text(u) for u in oldest], [_text(m) for m in matured], stored)
+                          [_text(u) for u in oldest], [_text(m) for m in matured], stored,
+                          bucket)
 
     @staticmethod
     def parse_matrices(columns: Sequence[str], raw: Mapping[Any, bytes]
@@ -364,6 +366,16 @@ def _slice_matrix_args(w: BatchWrite, k: Any) -> list[Any]:
 
 
 _PACK = msgspec.msgpack.Encoder()
+
+
+def unit_buckets(wanted: Mapping[str, Iterable[str]], buckets: int) -> dict[str, int]:
+    """``unit → keys.bucket_of(unit)`` for every unit of ``wanted``, each hashed once."""
+    out: dict[str, int] = {}
+    for units in wanted.values():
+        for u in units:
+            if u not in out:
+                out[u] = keys.bucket_of(u, buckets)
+    return out
 
 
 def packed_args(args: Sequence[Any]) -> bytes:

@@ -47,6 +47,12 @@ def _body(k: int, v: int, s: int) -> struct.Struct:
     return struct.Struct(f"<{k}d{v}I{s}Q")
 
 
+@lru_cache(maxsize=1024)
+def _whole(k: int, v: int, s: int) -> struct.Struct:
+    """Header and body of a format-2 state as one struct (one pack call per state)."""
+    return struct.Struct(f"<BBdHH{k}d{v}I{s}Q")
+
+
 @dataclass(frozen=True, slots=True)
 class UnitState:
     variation: int
@@ -67,9 +73,9 @@ class UnitState:
         if k > MAX_COLUMNS or v > MAX_COLUMNS:
             raise ValueError(f"unit state: {k} columns and {v} model versions; at most "
                              f"{MAX_COLUMNS} each fit the stored format")
-        return (_HEADER.pack(self.variation, (self.flags | FORMAT_2) & 0xFF, self.exposed_at,
-                             k, v)
-                + _body(k, v, len(self.seen)).pack(*self.raw, *self.versions, *self.seen))
+        return _whole(k, v, len(self.seen)).pack(
+            self.variation, (self.flags | FORMAT_2) & 0xFF, self.exposed_at, k, v, *self.raw,
+            *self.versions, *self.seen)
 
     @classmethod
     def unpack(cls, blob: bytes) -> UnitState:
