@@ -222,6 +222,8 @@ def _timestamp(ts: float | str, field: str) -> float:
 
 
 def _precheck(raw: Any) -> None:
+    if raw.__class__ is bytes and 0 < len(raw) <= MAX_MESSAGE_BYTES and raw.isascii():
+        return  # the common case, every check below passes
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise _Invalid(f"message: expected bytes, got {type(raw).__name__}")
     if len(raw) > MAX_MESSAGE_BYTES:

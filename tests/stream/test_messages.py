@@ -326,3 +326,13 @@ def test_experiment_ids_checked_every_time_once_seen() -> None:
         assert reason(parse_exposure(exposure(experiment=bad))) == (
             "experiment: 'bad/id' does not match [A-Za-z0-9_.-]{1,64}")
         assert isinstance(parse_event(event(experiment=bad)), Rejected)
+
+
+def test_size_limit_is_exact() -> None:
+    """At the limit a message passes the size check; one byte more is refused, saying so."""
+    head = exposure(pad="")
+    at = head.replace(b'"pad": ""', b'"pad": "' + b"x" * (64 * 1024 - len(head)) + b'"')
+    assert len(at) == 64 * 1024
+    assert isinstance(parse_exposure(at), Exposure)
+    over = at.replace(b'"x', b'"xx', 1)
+    assert reason(parse_exposure(over)) == "message: 65537 bytes, over the 65536 byte limit"
