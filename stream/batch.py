@@ -341,9 +341,9 @@ class BatchBuilder:
             max_pending=self.max_pending, matured_by=self._maturity_cutoff(exposures, events),
             matrices_of=[x for x in need if (p, x) not in self._shifts])
         self._stored_matrices = reads.matrices
-        found = reads.states
-        initial: dict[tuple[str, str], UnitState | None] = {
-            (name, u): found.get((name, u)) for name, units in need.items() for u in units}
+        initial: dict[tuple[str, str], UnitState | None] = dict.fromkeys(
+            (name, u) for name, units in need.items() for u in units)
+        initial.update(reads.states)  # the units read: all of them in ``need``
         current: dict[tuple[str, str], UnitState | None] = dict(initial)
         held_stored = {u: _HELD_DECODE.decode(b) for u, b in reads.held.items()}
         held: dict[str, list[HeldEvent]] = {u: list(v) for u, v in held_stored.items()}
