@@ -9,7 +9,8 @@
 -- but a refusal counter, so a refused (zombie or replayed) batch changes no statistics.
 --
 -- KEYS[1] epoch, KEYS[2] offsets, KEYS[3] counters, KEYS[4..] data keys addressed by index.
--- ARGV: epoch, then sections, each "count" followed by its tuples:
+-- ARGV[1]: one msgpack array of strings (state/store.py packs it: one Redis argument instead of
+-- hundreds of thousands), holding the epoch, then sections, each "count" followed by its tuples:
 --   offsets   (field, expected_stored_offset or "" if none stored yet, next_offset)
 --   matrices  (key_index, field, d, blob, base)   blob = shift (d doubles) .. upper-triangle
 --             delta around that shift; base = "" (the stored shift must equal the blob's) or the
@@ -26,9 +27,10 @@
 --             a field whose count reaches 0 is deleted
 -- Returns {1} on success, {0, reason, detail} on refusal.
 
+local args = cmsgpack.unpack(ARGV[1])
 local argi = 1
 local function nextarg()
-  local v = ARGV[argi]
+  local v = args[argi]
   argi = argi + 1
   return v
 end
@@ -125,28 +127,35 @@ for _, m in ipairs(mats) do
   end
 end
 
--- one section: its count, then that many tuples of `width` arguments, each handed to `apply`
+-- one section: its count, then that many tuples of `width` (2 or 3) arguments, each handed
+-- to `apply` (read in place: no table per tuple)
 local function section(count, width, apply)
   for _ = 1, count do
-    local t = {}
-    for k = 1, width do
-      t[k] = nextarg()
+    local a, b, c = args[argi], args[argi + 1], nil
+    if width == 3 then
+      c = args[argi + 2]
     end
-    apply(unpack(t, 1, width))
+    argi = argi + width
+    apply(a, b, c)
   end
 end
 
--- a section whose tuples are (key_index, args...) for one Redis command on that key
-local function on_key(command)
-  return function(k, ...)
-    redis.call(command, KEYS[tonumber(k)], ...)
+-- a section whose tuples are (key_index, one or two args) for one Redis command on that key
+local function on_key(command, width)
+  if width == 2 then
+    return function(k, a)
+      redis.call(command, KEYS[tonumber(k)], a)
+    end
+  end
+  return function(k, a, b)
+    redis.call(command, KEYS[tonumber(k)], a, b)
   end
 end
 
-section(tonumber(nextarg()), 3, on_key('HSET'))
-section(tonumber(nextarg()), 2, on_key('HDEL'))
-section(tonumber(nextarg()), 3, on_key('ZADD'))
-section(tonumber(nextarg()), 2, on_key('ZREM'))
+section(tonumber(nextarg()), 3, on_key('HSET', 3))
+section(tonumber(nextarg()), 2, on_key('HDEL', 2))
+section(tonumber(nextarg()), 3, on_key('ZADD', 3))
+section(tonumber(nextarg()), 2, on_key('ZREM', 2))
 section(tonumber(nextarg()), 2, function(field, incr)
   redis.call('HINCRBY', KEYS[3], field, incr)
 end)

@@ -1,7 +1,7 @@
 -- Every read a partition batch needs before its apply, in one round trip (stream/batch.py).
 -- KEYS: bucket hashes (B of them), then the pending hash, the pending queue, the maturity set,
 -- then the matrices hashes of the experiments whose stored matrices the owner has not cached.
--- ARGV:
+-- ARGV[1]: one msgpack array of strings (state/store.py packs it), holding:
 --   B                                   number of bucket keys
 --   for each bucket key: count, that many unit ids
 --   count, unit ids to look up in the pending hash (held events)
@@ -11,9 +11,10 @@
 --   maturity cutoff ("" = none), limit  members whose outcome window closed by the cutoff
 -- Returns {values, pending count, expired, oldest, matured, matrices}: values is one flat list
 -- (false = absent) in argument order, matrices one HGETALL reply per matrices key.
+local args = cmsgpack.unpack(ARGV[1])
 local argi = 1
 local function nextarg()
-  local v = ARGV[argi]
+  local v = args[argi]
   argi = argi + 1
   return v
 end

@@ -9,6 +9,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
 import redis
 import redis.cluster
 
@@ -98,6 +99,7 @@ class BatchReads:
     oldest: list[str]  # the units held longest, as many as eviction at the bound may need
     matured: list[str]  # maturity members ``<experiment>\x00<unit>`` due by the cutoff
     matrices: dict[str, dict[str, bytes]]  # experiment → variation → stored matrix blob
+    buckets: Mapping[str, int] = field(default_factory=dict)  # unit → bucket, of the units read
 
 
 @dataclass(frozen=True)
@@ -191,11 +193,11 @@ class PartitionStore:
         count, units held since before ``expired_before``, the oldest held units eviction
         may need (``max_pending``: the bound, -1 none; ``pending_units`` may add as many), maturity
         members due by ``matured_by`` and the stored matrices of ``matrices_of``: one call."""
+        bucket = unit_buckets(wanted, buckets)
         by_key: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for experiment, units in wanted.items():
             for u in units:
-                by_key[keys.units(partition, experiment, keys.bucket_of(u, buckets))].append(
-                    (experiment, u))
+                by_key[keys.units(partition, experiment, bucket[u])].append((experiment, u))
         key_list = list(by_key)
         args: list[Any] = [len(key_list)]
         for k in key_list:
@@ -210,7 +212,7 @@ class PartitionStore:
         mkeys = [keys.matrices(partition, x) for x in matrices_of]
         res = self._read_batch(keys=[*key_list, keys.pending(partition),
                                      keys.pending_queue(partition), keys.maturity(partition),
-                                     *mkeys], args=args)
+                                     *mkeys], args=[packed_args(args)])
         values, count, expired, oldest, matured, matrices = res
         it = iter(values)
         states: dict[tuple[str, str], UnitState] = {}
@@ -223,7 +225,8 @@ class PartitionStore:
         stored = {x: {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
                   for x, flat in zip(matrices_of, matrices, strict=True)}
         return BatchReads(states, held, int(count), [_text(u) for u in expired],
-                          [_text(u) for u in oldest], [_text(m) for m in matured], stored)
+                          [_text(u) for u in oldest], [_text(m) for m in matured], stored,
+                          bucket)
 
     @staticmethod
     def parse_matrices(columns: Sequence[str], raw: Mapping[Any, bytes]
@@ -326,7 +329,7 @@ class PartitionStore:
         args.append(len(hist))
         for key, f, n in hist:
             args += [k(key), f, n]
-        res = self._script(keys=key_list, args=args)
+        res = self._script(keys=key_list, args=[packed_args(args)])
         if int(res[0]) == 1:
             return ApplyOutcome(True)
         reason = _text(res[1])
@@ -342,6 +345,42 @@ def _slice_matrix_args(w: BatchWrite, k: Any) -> list[Any]:
         args += [k(keys.slice_matrices(w.partition, exp, dim)), fld, len(shift),
                  pack(shift, delta), "" if base is None else pack_shift(base)]
     return args
+
+
+_PACK = msgspec.msgpack.Encoder()
+
+
+def unit_buckets(wanted: Mapping[str, Iterable[str]], buckets: int) -> dict[str, int]:
+    """``unit → keys.bucket_of(unit)`` for every unit of ``wanted``, each hashed once."""
+    out: dict[str, int] = {}
+    for units in wanted.values():
+        for u in units:
+            if u not in out:
+                out[u] = keys.bucket_of(u, buckets)
+    return out
+
+
+def packed_args(args: Sequence[Any]) -> bytes:
+    """A script's arguments as one msgpack array of strings (the script unpacks it with
+    ``cmsgpack.unpack``): numbers become the text Redis would have received and bytes are
+    sent as msgpack strings (Redis' cmsgpack has no bin type), so the script sees exactly
+    the values it saw as separate ARGV, without a Redis argument per value."""
+    return _PACK.encode([a if a.__class__ is str else
+                         _raw_str(a) if a.__class__ is bytes else str(a) for a in args])
+
+
+def _raw_str(b: bytes) -> msgspec.Raw:
+    """``b`` as a msgpack str (header then the bytes, unchanged)."""
+    n = len(b)
+    if n < 32:
+        head = bytes((0xA0 | n,))
+    elif n < 0x100:
+        head = bytes((0xD9, n))
+    elif n < 0x10000:
+        head = b"\xda" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + n.to_bytes(4, "big")
+    return msgspec.Raw(head + b)
 
 
 def _text(value: Any) -> str:

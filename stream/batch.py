@@ -341,9 +341,9 @@ class BatchBuilder:
             max_pending=self.max_pending, matured_by=self._maturity_cutoff(exposures, events),
             matrices_of=[x for x in need if (p, x) not in self._shifts])
         self._stored_matrices = reads.matrices
-        found = reads.states
-        initial: dict[tuple[str, str], UnitState | None] = {
-            (name, u): found.get((name, u)) for name, units in need.items() for u in units}
+        initial: dict[tuple[str, str], UnitState | None] = dict.fromkeys(
+            (name, u) for name, units in need.items() for u in units)
+        initial.update(reads.states)  # the units read: all of them in ``need``
         current: dict[tuple[str, str], UnitState | None] = dict(initial)
         held_stored = {u: _HELD_DECODE.decode(b) for u, b in reads.held.items()}
         held: dict[str, list[HeldEvent]] = {u: list(v) for u, v in held_stored.items()}
@@ -399,7 +399,7 @@ class BatchBuilder:
         w.experiment_last_ts = {name: min(ts, self.clock() + CLOCK_SKEW_SECONDS)
                                 for name, ts in w.experiment_last_ts.items()}
         self._settle_held(p, w, reads, now, held, held_stored, held_changed, current)
-        self._deltas(p, w, initial, current)
+        self._deltas(p, w, initial, current, reads.buckets)
         self.slices.add(p, w, self.layouts, exposures, initial, current)
         return reads, initial
 
@@ -554,7 +554,10 @@ class BatchBuilder:
         w.counters["training_examples"] += len(out.training)
 
     def _deltas(self, p: int, w: BatchWrite, initial: Mapping[tuple[str, str], UnitState | None],
-                current: Mapping[tuple[str, str], UnitState | None]) -> None:
+                current: Mapping[tuple[str, str], UnitState | None],
+                known: Mapping[str, int]) -> None:
+        """Changed unit states to write and their matrix changes; ``known``: unit → bucket
+        already hashed by the read."""
         changes: dict[str, list[tuple[UnitState | None, UnitState]]] = {}
         buckets = self.buckets
         for key, st in current.items():
@@ -564,7 +567,8 @@ class BatchBuilder:
             x, unit = key
             if before is not None and before.legacy_ids:  # format-1 CRC-32 ids, dropped
                 w.counters[keys.experiment_counter(x, "event_ids_evicted")] += before.legacy_ids
-            w.units[(x, keys.bucket_of(unit, buckets), unit)] = st.pack()
+            b = known.get(unit)
+            w.units[(x, keys.bucket_of(unit, buckets) if b is None else b, unit)] = st.pack()
             w.unit_states[(x, unit)] = st
             changes.setdefault(x, []).append((before, st))
         for x, pairs in changes.items():

@@ -163,10 +163,19 @@ def _check_id(field: str, s: str) -> None:
         raise _Invalid(f"{field}: longer than {MAX_ID_LENGTH} characters ({len(s)})")
 
 
+_VALID_EXPERIMENTS: set[str] = set()  # ids already matched (few; bounded below)
+_MAX_REMEMBERED = 4096
+
+
 def _check_experiment(field: str, s: str) -> None:
-    if EXPERIMENT_ID_PATTERN.fullmatch(s) is None:
-        shown = s if len(s) <= 70 else s[:67] + "..."
-        raise _Invalid(f"{field}: {shown!r} does not match {ID_REGEX}")
+    if s in _VALID_EXPERIMENTS:
+        return
+    if EXPERIMENT_ID_PATTERN.fullmatch(s) is not None:
+        if len(_VALID_EXPERIMENTS) < _MAX_REMEMBERED:
+            _VALID_EXPERIMENTS.add(s)
+        return
+    shown = s if len(s) <= 70 else s[:67] + "..."
+    raise _Invalid(f"{field}: {shown!r} does not match {ID_REGEX}")
 
 
 def _check_number(field: str, x: float) -> None:
@@ -213,6 +222,8 @@ def _timestamp(ts: float | str, field: str) -> float:
 
 
 def _precheck(raw: Any) -> None:
+    if raw.__class__ is bytes and 0 < len(raw) <= MAX_MESSAGE_BYTES and raw.isascii():
+        return  # the common case, every check below passes
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise _Invalid(f"message: expected bytes, got {type(raw).__name__}")
     if len(raw) > MAX_MESSAGE_BYTES:
@@ -250,7 +261,8 @@ def _exposure(raw: bytes) -> Exposure:
     _check_count("covariates", len(covs), MAX_COVARIATES)
     for name, x in covs.items():
         _check_name("covariates", "covariate", name, MAX_ID_LENGTH)
-        _check_number(f"covariates.{name}", x)
+        if not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE:  # NaN too; the field named on failure
+            _check_number(f"covariates.{name}", x)
     _check_attributes(w.attributes)
     return Exposure(w.experiment, w.unit, w.variation, ts, covs, w.attributes)
 

@@ -50,9 +50,11 @@ class SliceDeltas:
             current: Mapping[UnitKey, UnitState | None]) -> None:
         """Add the batch's slice changes to ``w`` (nothing for experiments without
         dimensions)."""
+        sliced = {x for x, lay in layouts.items() if lay.definition.dimensions}
+        if not sliced:
+            return
         changed = [k for k, st in current.items()
-                   if st is not None and st != initial.get(k)
-                   and layouts[k[0]].definition.dimensions]
+                   if k[0] in sliced and st is not None and st != initial.get(k)]
         if not changed:
             return
         values = self._values(p, w, layouts, exposures,

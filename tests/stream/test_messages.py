@@ -305,3 +305,34 @@ def test_iso_and_epoch_agree(naive: datetime, offset_minutes: int) -> None:
     by_naive = parse_event(event(ts=naive_utc.isoformat()))
     assert isinstance(by_naive, Event)
     assert by_naive.ts == pytest.approx(epoch, abs=1e-6)
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    (1e16, "covariates.a: magnitude above 1e+15 (1e+16)"),
+    (-1e16, "covariates.a: magnitude above 1e+15 (-1e+16)"),
+    (1e15, None),
+    (-1e15, None),
+])
+def test_covariate_bounds_reason_exactly(value: float, why: str | None) -> None:
+    got = parse_exposure(exposure(covariates={"a": value}))
+    assert (got.reason if isinstance(got, Rejected) else None) == why
+
+
+def test_experiment_ids_checked_every_time_once_seen() -> None:
+    """Remembering valid ids never lets an invalid one through, before or after."""
+    bad = "bad/id"
+    for _ in range(3):
+        assert isinstance(parse_exposure(exposure(experiment="exp-1")), Exposure)
+        assert reason(parse_exposure(exposure(experiment=bad))) == (
+            "experiment: 'bad/id' does not match [A-Za-z0-9_.-]{1,64}")
+        assert isinstance(parse_event(event(experiment=bad)), Rejected)
+
+
+def test_size_limit_is_exact() -> None:
+    """At the limit a message passes the size check; one byte more is refused, saying so."""
+    head = exposure(pad="")
+    at = head.replace(b'"pad": ""', b'"pad": "' + b"x" * (64 * 1024 - len(head)) + b'"')
+    assert len(at) == 64 * 1024
+    assert isinstance(parse_exposure(at), Exposure)
+    over = at.replace(b'"x', b'"xx', 1)
+    assert reason(parse_exposure(over)) == "message: 65537 bytes, over the 65536 byte limit"
