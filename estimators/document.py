@@ -35,7 +35,8 @@ import msgspec
 
 __all__ = ["Bayes", "Comparison", "CovariateCheck", "Decision", "Estimator", "Freshness",
            "MetricResult", "Power", "ResultDocument", "ResultWarning", "Slice", "Srm",
-           "Variation", "Window", "json_schema", "parse", "parse_slice", "to_builtins"]
+           "Variation", "Window", "first_freshness", "json_schema", "parse", "parse_slice",
+           "to_builtins"]
 
 Number = float | None
 
@@ -241,6 +242,26 @@ class ResultDocument(msgspec.Struct, kw_only=True):
     def first(self) -> Slice:
         """The first slice (everyone, unless the document is sliced by a column)."""
         return self.slices[0]
+
+
+class _FreshnessOnly(msgspec.Struct):
+    freshness: Freshness | None = None
+
+
+class _SlicesFreshness(msgspec.Struct):
+    slices: list[_FreshnessOnly] = []
+
+
+def first_freshness(doc_json: bytes) -> Freshness | None:
+    """The first slice's freshness of an encoded document, decoding nothing else (a large
+    document's other fields are skipped, not built).
+
+    >>> first_freshness(b'{"slices": [{"freshness": {"last_event_ts": 5.0}, "metrics": []}]}')
+    Freshness(last_event_ts=5.0, computed_at=None, last_event_age_seconds=None, \
+consumer_lag=None, cache_seconds=None)
+    """
+    slices = msgspec.json.decode(doc_json, type=_SlicesFreshness).slices
+    return slices[0].freshness if slices else None
 
 
 def parse(doc: Mapping[str, Any] | bytes | ResultDocument) -> ResultDocument:

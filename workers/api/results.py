@@ -45,8 +45,9 @@ def results_router(api: ApiState, gate: ComputeGate) -> APIRouter:
             return None
         corr: Any = correction
         doc = experiment_document_with(api.client, d, corr, alpha, by)
-        fresh = document.parse(doc).first.freshness
-        res = CachedResult(d, msgspec.json.encode(doc), time.time(),
+        body = msgspec.json.encode(doc)
+        fresh = document.first_freshness(body)
+        res = CachedResult(d, body, time.time(),
                            fresh.last_event_ts if fresh is not None else None)
         encode(res, None, True, alpha, correction, doc)  # here, in the worker thread
         return res
