@@ -41,6 +41,13 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return f"{pid} (gone)"
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -78,10 +85,13 @@ def test_headless_demo_prints_truth_and_results() -> None:
     assert metrics["revenue"]["comparisons"][0]["power"]["target_rel_mde"] == 0.05
 
 
-def test_sigint_stops_every_child() -> None:
+def test_sigint_stops_every_child(tmp_path: Path) -> None:
     port = free_port()
+    # the demo's output goes to a file: a pipe nobody reads fills up (its summary every 2 s)
+    # and blocks the demo's next print, so it could never finish stopping
+    out = (tmp_path / "demo.out").open("wb")
     proc = subprocess.Popen([CLI, "demo", "--api-port", str(port), "--rate", "500"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            env=_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -95,10 +105,17 @@ def test_sigint_stops_every_child() -> None:
         children = _descendants(proc.pid)
         assert len(children) >= 7  # broker, redis, 2 workers, learner, alerter, api, simulator
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        try:  # bounded: children get 10 s after SIGTERM, then SIGKILL, then the servers stop
+            rc = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the demo did not stop; still running: "
+                                 f"{[_cmdline(p) for p in children if _alive(p)]}; output: "
+                                 f"{(tmp_path / 'demo.out').read_bytes()[-2000:]!r}") from None
+        assert rc == 0
     finally:
         if proc.poll() is None:
             proc.kill()
+        out.close()
     time.sleep(0.5)
     left = [p for p in children if _alive(p)]
     assert left == [], f"processes left running: {left}"
