@@ -41,6 +41,10 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
@@ -90,8 +94,12 @@ def test_sigint_stops_every_child(tmp_path: Path) -> None:
     # the demo's output goes to a file: a pipe nobody reads fills up (its summary every 2 s)
     # and blocks the demo's next print, so it could never finish stopping
     out = (tmp_path / "demo.out").open("wb")
+    # started with SIGINT ignored, as under a parent that ignores it (SIG_IGN is inherited
+    # across exec, and Python then installs no KeyboardInterrupt handler): the demo must
+    # still stop on SIGINT
     proc = subprocess.Popen([CLI, "demo", "--api-port", str(port), "--rate", "500"],
-                            env=_env(), stdout=out, stderr=subprocess.STDOUT)
+                            env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                            preexec_fn=_ignore_sigint)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -111,6 +111,9 @@ def run_demo(duration: float | None, as_json: bool, api_port: int, token: str | 
         raise _Stop()
 
     signal.signal(signal.SIGTERM, on_term)
+    # SIGINT explicitly too: a parent that ignores SIGINT (SIG_IGN is inherited across exec)
+    # would otherwise leave the demo without Python's KeyboardInterrupt handler
+    signal.signal(signal.SIGINT, on_term)
     broker = redis_server = None
     stack = contextlib.ExitStack()  # the live summary view, closed before the servers stop
     try:
