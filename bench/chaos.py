@@ -7,8 +7,8 @@ until every message is applied, and compares
   count metric summed over arms from Redis), and
 * the live result document with ``liftstream analyze`` of the unit rows (1e-9 relative).
 
-Scenarios: worker SIGKILLs, Redis SIGKILL + AOF restart, duplicated and reordered delivery,
-rebalance 1 → 3 → 1 workers, 10,000 fuzzed messages. Prints
+Scenarios: worker SIGKILLs, fetch-process SIGKILLs, Redis SIGKILL + AOF restart, duplicated
+and reordered delivery, rebalance 1 → 3 → 1 workers, 10,000 fuzzed messages. Prints
 ``events in / counted / lost / double-counted`` per scenario; exits 1 on any loss, double
 count or disagreement. Run: ``python -m bench.chaos [--quick]`` (``make chaos``).
 """
@@ -269,6 +269,35 @@ def kill_workers(broker: Broker, redis_server: RedisServer, units: int, kills: i
     return tally("worker SIGKILL", c, w, f"({kills} kills)")
 
 
+def fetch_kills(broker: Broker, redis_server: RedisServer, units: int, kills: int,
+                seed: int) -> Tally:
+    """SIGKILL the fetch process (stream/fetch_process.py) of a live worker, not the worker."""
+    c = Cluster(broker, redis_server, f"fetch{seed}")
+    w = workload(units, seed)
+    rng = random.Random(seed)
+    for _ in range(2):
+        c.start_worker()
+    pub = c.publish(w.messages, rate=len(w.messages) / max(5.0, kills * 2.0))
+    done = 0
+    while done < kills:
+        time.sleep(rng.uniform(0.5, 2.0))
+        children = [pid for p in c.alive() for pid in _children(p.pid)]
+        if children:
+            os.kill(rng.choice(children), signal.SIGKILL)
+            done += 1
+    pub.join()
+    c.wait_applied(len(w.messages), timeout=240)
+    c.stop_all()
+    return tally("fetch process SIGKILL", c, w, f"({kills} kills)")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def redis_restart(broker: Broker, redis_server: RedisServer, units: int, restarts: int,
                   seed: int) -> Tally:
     c = Cluster(broker, redis_server, f"aof{seed}")
@@ -335,6 +364,7 @@ def run(quick: bool) -> list[Tally]:
     units = 3000 if quick else 20_000
     scenarios: list[tuple[str, Scenario]] = [
         ("kill", lambda b, r: kill_workers(b, r, units, 3 if quick else 10, 1)),
+        ("fetch", lambda b, r: fetch_kills(b, r, units, 3 if quick else 8, 6)),
         ("aof", lambda b, r: redis_restart(b, r, units, 1 if quick else 3, 2)),
         ("disorder", lambda b, r: disorder(b, r, units, 3)),
         ("rebalance", lambda b, r: rebalance(b, r, units, 4)),

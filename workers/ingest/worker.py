@@ -36,13 +36,12 @@ from state.registry import Registry
 from state.store import PartitionStore, connect
 from stream.batch import BatchBuilder, RawRecord, Topics
 from stream.commit import Applier, BatchCommit
+from stream.fetch_process import FetchProcess, FetchProcessDied
 from stream.kafka import (
     ConsumerRebalanceListener,
-    KafkaConsumer,
     OffsetAndMetadata,
     TopicPartition,
     ensure_topics,
-    make_consumer,
     make_producer,
     partition_counts,
 )
@@ -52,6 +51,8 @@ from workers.ingest.refusals import Refusals
 from workers.settings import Settings
 
 log = logging.getLogger("liftstream.worker")
+
+BACKOFF_S = 1.0  # between attempts to start a fetch process
 
 
 class CoPartitioningError(RuntimeError):
@@ -89,7 +90,7 @@ class IngestWorker(Refusals, OffsetGuard):
                                     self.models, max_ids_per_unit=settings.event_ids_per_unit)
         self.owned: dict[int, int] = {}
         self.stop_event = threading.Event()
-        self.consumer: KafkaConsumer | None = None
+        self.consumer: FetchProcess | None = None
         self.producer: Any = None
         self._registry_version = -1
         self._registry_checked = 0.0
@@ -208,20 +209,19 @@ class IngestWorker(Refusals, OffsetGuard):
             self.models.start()
         sec = s.kafka_options()
         self.producer = make_producer(s.kafka_bootstrap, client_id=f"{self.name}-dlq", **sec)
-        self.consumer = make_consumer(
-            s.kafka_bootstrap, s.group_id, [s.topic_exposures, s.topic_events],
-            listener=_Rebalance(self), client_id=self.name, max_poll_records=s.batch_size,
-            overrides={"fetch_max_wait_ms": 100}, **sec)
+        self.consumer = self._start_fetching()
         self._on_batch = on_batch
         try:
-            while not self.stop_event.is_set():
-                polled = self.consumer.poll(timeout_ms=s.batch_timeout_ms,
-                                            max_records=s.batch_size)
+            while not self.stop_event.is_set() and self.consumer is not None:
+                try:
+                    polled = self.consumer.poll(timeout_ms=s.batch_timeout_ms,
+                                                max_records=s.batch_size)
+                except FetchProcessDied as exc:
+                    self._fetch_process_died(exc)
+                    continue
                 by_partition: dict[int, list[RawRecord]] = defaultdict(list)
                 for tp, records in polled.items():
-                    topic = tp.topic
-                    by_partition[tp.partition] += [RawRecord(topic, r.offset, r.value, r.key)
-                                                   for r in records]
+                    by_partition[tp.partition] += records
                 self._stale.clear()
                 try:
                     self._settle()  # the apply in flight, overlapped with the poll
@@ -241,6 +241,33 @@ class IngestWorker(Refusals, OffsetGuard):
                     self._commit_for_lag()
         finally:
             self.close()
+
+    def _start_fetching(self) -> FetchProcess:
+        """The consumer, polling in a process of its own (:mod:`stream.fetch_process`)."""
+        s = self.settings
+        return FetchProcess(
+            listener=_Rebalance(self), bootstrap=s.kafka_bootstrap, group_id=s.group_id,
+            topics=[s.topic_exposures, s.topic_events], client_id=self.name,
+            max_poll_records=s.batch_size, overrides={"fetch_max_wait_ms": 100},
+            **s.kafka_options())
+
+    def _fetch_process_died(self, exc: FetchProcessDied) -> None:
+        """Give up every partition (the group reassigns them, maybe here again: claimed anew
+        and read from the stored offsets) and start a new fetch process."""
+        log.error("%s: %s; starting a new one", self.name, exc)
+        self.stats["fetch_process_restarts"] += 1
+        self._drain()
+        self.release(set(self.owned))
+        if self.consumer is not None:
+            self.consumer.close()
+        self.consumer = None
+        while not self.stop_event.is_set():
+            try:
+                self.consumer = self._start_fetching()
+                return
+            except Exception as start_exc:  # the broker away as well: keep trying
+                log.error("%s: fetch process not started: %s", self.name, start_exc)
+                self.stop_event.wait(BACKOFF_S)
 
     def _apply(self, p: int, records: list[RawRecord]) -> None:
         """Build the batch, have its side outputs acknowledged, then start its fenced apply
