@@ -36,7 +36,7 @@ def self_costs(raw: str) -> tuple[Counter[str], Counter[str]]:
     ``worker`` for the rest), from py-spy's raw (collapsed-stack) output.
 
     >>> c, per = self_costs("a (x.py:1);b (y.py:2) 3\\n"
-    ...                     'process 9:"python -m stream.fetch_child 8 7";a (x.py:1) 1\\n')
+    ...                     'process 9:"python -c from stream.fetch_child …";a (x.py:1) 1\\n')
     >>> c.most_common(), per.most_common()
     ([('b (y.py)', 3), ('a (x.py)', 1)], [('worker', 3), ('fetch', 1)])
     """

@@ -1,5 +1,5 @@
 """The child of :class:`stream.fetch_process.FetchProcess`: one KafkaConsumer, driven over a
-socket by the ingest worker (``python -m stream.fetch_child FD``).
+socket by the ingest worker (:func:`main`, given the socket's descriptor and the worker's pid).
 
 It does nothing on its own: it runs the commands it receives in the order they were sent and
 polls only when asked, answering every poll with the records, the high watermarks and the
@@ -193,6 +193,3 @@ def main(fd: int, parent: int) -> None:
     except (EOFError, ConnectionError):  # the worker went away
         return
 
-
-if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))

@@ -41,6 +41,11 @@ log = logging.getLogger("liftstream.fetch")
 
 START_TIMEOUT_S = 60.0  # the child imports kafka-python and connects
 CLOSE_TIMEOUT_S = 15.0  # leaving the group; then the child is killed
+# The child imports what the worker would (same interpreter, environment and directory); the
+# directory holding this package is a fallback at the end of the path, never ahead of it.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CHILD_MAIN = (f"import sys; sys.path.append({_ROOT!r}); from stream.fetch_child import main; "
+               "main(int(sys.argv[1]), int(sys.argv[2]))")
 
 
 class FetchProcessDied(RuntimeError):
@@ -56,9 +61,8 @@ class FetchProcess:
         ours, theirs = socket.socketpair()
         with theirs:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.fetch_child", str(theirs.fileno()),
-                 str(os.getpid())], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                env=_child_env())
+                [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), str(os.getpid())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         self._conn = Connection(ours.detach())
         self._moves: dict[tuple[str, int], int] = defaultdict(int)
         self._high: dict[tuple[str, int], int | None] = {}
@@ -215,11 +219,3 @@ class FetchProcess:
             self._proc.wait()
         self._conn.close()
 
-
-def _child_env() -> dict[str, str]:
-    """The worker's environment, with the directory holding this package first on the path
-    (the child must import the same code as the worker)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
