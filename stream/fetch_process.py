@@ -158,6 +158,8 @@ class FetchProcess:
                 self.listener.on_partitions_revoked(tps)
             elif self.listener is not None:
                 self.listener.on_partitions_assigned(tps)
+        except Exception as exc:  # as kafka-python treats a failing listener: logged
+            log.error("rebalance listener failed on %s %s: %s", kind, sorted(msg[1]), exc)
         finally:
             self._send(("ack",))
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from state.store import partition_count, read_counters
 from stream.batch import RawRecord
 from stream.fetch_process import FetchProcess, FetchProcessDied
 from stream.kafka import TopicPartition, ensure_topics, make_producer
@@ -20,7 +21,15 @@ from workers.dev.embedded import Broker
 from workers.ingest import IngestWorker
 
 from .conftest import unique
-from .opskit import Worker, click_traffic, counted, register_clicks, wait_until
+from .opskit import (
+    Worker,
+    click_traffic,
+    counted,
+    metric_value,
+    metrics_text,
+    register_clicks,
+    wait_until,
+)
 from .streaming import create_topics, publish, redis_client, streaming_settings
 
 RECORDS = 3000
@@ -115,6 +124,10 @@ def test_worker_rides_out_its_fetch_process_killed(broker: Broker, redis_url: st
                    lambda: counted(client, exp) == (traffic.units, traffic.clicks),
                    timeout=180)
         assert w.worker.stats["fetch_process_restarts"] == 2
+        wait_until("the restarts counted in Redis", lambda: read_counters(
+            client, range(partition_count(client))).get("fetch_process_restarts") == 2)
+        assert metric_value(metrics_text(s), 'liftstream_ingest_counter_total'
+                            '{counter="fetch_process_restarts"}') == 2
     finally:
         w.stop()
     assert counted(client, exp) == (traffic.units, traffic.clicks)

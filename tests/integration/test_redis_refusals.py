@@ -78,7 +78,9 @@ def test_worker_rides_out_redis_refusals(broker: Broker, redis_server: RedisServ
     register_clicks(client, exp)
     traffic = click_traffic(exp, "a", 3000, seed=61)
     admin = redis_server.client()
-    pub = Publisher(s, traffic.messages, rate=1500.0)
+    # a third is published, then the rest once Redis refuses: the worker always has messages
+    # to apply while refused, however fast it is
+    pub = Publisher(s, traffic.messages, rate=1500.0, pause_at=len(traffic.messages) // 3)
     w = Worker(IngestWorker(s, f"w-{kind}"))
     w.start()
     pub.start()
@@ -86,6 +88,7 @@ def test_worker_rides_out_redis_refusals(broker: Broker, redis_server: RedisServ
     try:
         wait("ingest under way", lambda: messages_applied(client) > 1000)
         with refusing(admin, kind):
+            pub.resume.set()
             wait("worker refused", lambda: stats[f"redis_errors_{kind}"] >= 1, 60)
             if kind != "busy":
                 frozen = messages_applied(client)

@@ -256,6 +256,7 @@ class IngestWorker(Refusals, OffsetGuard):
         and read from the stored offsets) and start a new fetch process."""
         log.error("%s: %s; starting a new one", self.name, exc)
         self.stats["fetch_process_restarts"] += 1
+        self._pending_counters["fetch_process_restarts"] += 1  # in /metrics once written
         self._drain()
         self.release(set(self.owned))
         if self.consumer is not None:
