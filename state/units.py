@@ -87,15 +87,30 @@ def _whole(k: int, v: int, s: int) -> struct.Struct:
     return struct.Struct(f"<BBdHH{k}d{v}I{s}Q")
 
 
+# Format-3 structs, one per (counts width, time width, k, v, s); a "d" time also packs the
+# double 2**52 + ms, whose three constant high bytes are then dropped (the u40 ms).
 @lru_cache(maxsize=1024)
-def _whole_3(head: str, k: int, v: int, s: int, tail: str) -> struct.Struct:
-    """A format-3 state as one struct: ``head`` packs the counts, ``tail`` the time."""
-    return struct.Struct(f"<BB{head}{k}d{v}I{s}Q{tail}")
+def _narrow_d(k: int, v: int, s: int) -> struct.Struct:
+    return struct.Struct(f"<BBB{k}d{v}I{s}Qd")
 
 
-# Structs of the common format-3 state (counts byte c = k << 4 | v, u40 ms) by c and the
-# number s of remembered ids: two list lookups on the hot path instead of an lru_cache call.
-# Packing writes the time as the double 2**52 + ms and drops its three constant high bytes.
+@lru_cache(maxsize=1024)
+def _narrow_u40(k: int, v: int, s: int) -> struct.Struct:
+    return struct.Struct(f"<BBB{k}d{v}I{s}QIB")
+
+
+@lru_cache(maxsize=1024)
+def _wide_d(k: int, v: int, s: int) -> struct.Struct:
+    return struct.Struct(f"<BBHH{k}d{v}I{s}Qd")
+
+
+@lru_cache(maxsize=1024)
+def _wide_u40(k: int, v: int, s: int) -> struct.Struct:
+    return struct.Struct(f"<BBHH{k}d{v}I{s}QIB")
+
+
+# The common state's structs (counts byte c = k << 4 | v, u40 ms) by c and the number s of
+# remembered ids: two list lookups on the hot path instead of an lru_cache call.
 _PACK: list[list[struct.Struct | None]] = [[] for _ in range(256)]
 _UNPACK: list[list[struct.Struct | None]] = [[] for _ in range(256)]
 
@@ -106,7 +121,7 @@ def _narrow(table: list[list[struct.Struct | None]], c: int, s: int) -> struct.S
         row.extend([None] * (s + 1 - len(row)))
     built = row[s]
     if built is None:
-        built = row[s] = _whole_3("B", c >> 4, c & 15, s, "d" if table is _PACK else "IB")
+        built = row[s] = (_narrow_d if table is _PACK else _narrow_u40)(c >> 4, c & 15, s)
     return built
 
 
@@ -145,8 +160,6 @@ class UnitState:
         t = self.exposed_at
         y = t * 1000.0 + _MAGIC  # see exact_ms (inlined: this is the ingest hot path)
         exact = _Y_LO <= y < _Y_HI and (y - _MAGIC) / 1000.0 == t
-        # exact: the time is packed as the double 2**52 + ms, its three constant high bytes
-        # dropped ([:-3]); else as the f64 itself (flags bit F64_TIME)
         if (k | v | flags) < 16:  # one byte of counts, no reserved flags bit
             c = k << 4 | v
             if exact:  # the common case
@@ -156,7 +169,7 @@ class UnitState:
                     st = None
                 return (st or _narrow(_PACK, c, len(seen))).pack(
                     self.variation, flags | FORMAT_3, c, *raw, *versions, *seen, y)[:-3]
-            return _whole_3("B", k, v, len(seen), "d").pack(
+            return _narrow_d(k, v, len(seen)).pack(
                 self.variation, flags | (FORMAT_3 | F64_TIME), c, *raw, *versions, *seen, t)
         if not 0 <= flags < 16:
             raise ValueError(f"unit state flags {flags:#x}: bits {_RESERVED:#x} are the "
@@ -164,7 +177,7 @@ class UnitState:
         if k > MAX_COLUMNS or v > MAX_COLUMNS:
             raise ValueError(f"unit state: {k} columns and {v} model versions; at most "
                              f"{MAX_COLUMNS} each fit the stored format")
-        wide = _whole_3("HH", k, v, len(seen), "d")
+        wide = _wide_d(k, v, len(seen))  # flags < 16 here, so k or v is 16 or more
         if exact:
             return wide.pack(self.variation, flags | (FORMAT_3 | WIDE_COUNTS), k, v, *raw,
                              *versions, *seen, y)[:-3]
@@ -176,20 +189,24 @@ class UnitState:
         """A state from any stored format (3, 2 or 1: told apart by the flags byte)."""
         f = blob[1]
         if f & FORMAT_3:
-            if not f & (WIDE_COUNTS | F64_TIME):  # the common case: one struct call
-                c = blob[2]
-                k, v = c >> 4, c & 15
-                s = (len(blob) - 8 - 8 * k - 4 * v) >> 3
-                try:
-                    st = _UNPACK[c][s]
-                except IndexError:
-                    st = None
-                values = (st or _narrow(_UNPACK, c, s)).unpack_from(blob)
-                i = 3 + k
-                j = i + v
-                return cls(values[0], f & 15, ((values[-2] | values[-1] << 32) + EPOCH_MS)
-                           / 1000.0, values[3:i], values[j:-2], values[i:j])
-            return _unpack_3_other(cls, blob, f)
+            if f & WIDE_COUNTS:
+                return _unpack_wide(cls, blob, f)
+            c = blob[2]
+            k, v = c >> 4, c & 15
+            i = 3 + k
+            j = i + v
+            if f & F64_TIME:
+                values = _narrow_d(k, v, (len(blob) - 11 - 8 * k - 4 * v) >> 3).unpack_from(blob)
+                return cls(values[0], f & 15, values[-1], values[3:i], values[j:-1],
+                           values[i:j])
+            s = (len(blob) - 8 - 8 * k - 4 * v) >> 3  # the common case
+            try:
+                st = _UNPACK[c][s]
+            except IndexError:
+                st = None
+            values = (st or _narrow(_UNPACK, c, s)).unpack_from(blob)
+            return cls(values[0], f & 15, ((values[-2] | values[-1] << 32) + EPOCH_MS) / 1000.0,
+                       values[3:i], values[j:-2], values[i:j])
         if f & FORMAT_2:
             variation, flags, exposed_at, k, v = _HEADER.unpack_from(blob)
             s = (len(blob) - _HEADER.size - 8 * k - 4 * v) // 8
@@ -203,25 +220,17 @@ class UnitState:
                    legacy_ids=m - v)
 
 
-def _unpack_3_other(cls: type[UnitState], blob: bytes, f: int) -> UnitState:
-    """The general format-3 reader (u16 counts and/or an f64 exposure time)."""
-    if f & WIDE_COUNTS:
-        k, v = _WIDE.unpack_from(blob, 2)
-        head, at, i = "HH", 6, 4 + k
-    else:
-        k, v = blob[2] >> 4, blob[2] & 15
-        head, at, i = "B", 3, 3 + k
+def _unpack_wide(cls: type[UnitState], blob: bytes, f: int) -> UnitState:
+    """A format-3 state with u16 counts."""
+    k, v = _WIDE.unpack_from(blob, 2)
+    i = 4 + k
     j = i + v
     if f & F64_TIME:
-        values = _whole_3(head, k, v, (len(blob) - at - 8 - 8 * k - 4 * v) >> 3, "d"
-                          ).unpack_from(blob)
-        exposed_at, seen = values[-1], values[j:-1]
-    else:
-        values = _whole_3(head, k, v, (len(blob) - at - 5 - 8 * k - 4 * v) >> 3, "IB"
-                          ).unpack_from(blob)
-        exposed_at = ((values[-2] | values[-1] << 32) + EPOCH_MS) / 1000.0
-        seen = values[j:-2]
-    return cls(values[0], f & 15, exposed_at, values[i - k:i], seen, values[i:j])
+        values = _wide_d(k, v, (len(blob) - 14 - 8 * k - 4 * v) >> 3).unpack_from(blob)
+        return cls(values[0], f & 15, values[-1], values[4:i], values[j:-1], values[i:j])
+    values = _wide_u40(k, v, (len(blob) - 11 - 8 * k - 4 * v) >> 3).unpack_from(blob)
+    return cls(values[0], f & 15, ((values[-2] | values[-1] << 32) + EPOCH_MS) / 1000.0,
+               values[4:i], values[j:-2], values[i:j])
 
 
 _SET_VARIATION, _SET_FLAGS, _SET_EXPOSED_AT, _SET_RAW, _SET_SEEN, _SET_VERSIONS, \
