@@ -52,8 +52,10 @@ F64_TIME = 0x10  # format 3: exposed_at is an f64, not u40 milliseconds
 _RESERVED = 0xF0  # the format's flags bits; a state's own flags fit the low four
 MAX_COLUMNS = 65_535  # k and v are u16
 EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00Z: format 3 stores milliseconds from here
-# t * 1000 + _MAGIC is the double 2**52 + ms: its integer part rounded, and its low five
-# bytes the u40 ms, exactly when _Y_LO <= it < _Y_HI (ms in [0, 2**40))
+# Doubles in [2**52, 2**53) are the integers, so y = t * 1000 + _MAGIC rounds to 2**52 + ms
+# (ms since EPOCH_MS) with no int() call; while _Y_LO <= y < _Y_HI (ms in [0, 2**40)) its
+# little-endian bytes are the u40 ms then the constant 00 30 43, which pack drops.
+# (y - _MAGIC) / 1000 == t is the exactness test: then unpack's (EPOCH_MS + ms) / 1000 is t.
 _MAGIC = float(2**52 - EPOCH_MS)
 _Y_LO, _Y_HI = float(2**52), float(2**52 + 2**40)
 
