@@ -118,6 +118,8 @@ _UNPACK: list[list[struct.Struct | None]] = [[] for _ in range(256)]
 
 
 def _narrow(table: list[list[struct.Struct | None]], c: int, s: int) -> struct.Struct:
+    if s < 0:
+        raise struct.error(f"unit state: {s} remembered ids (a blob too short)")
     row = table[c]
     if len(row) <= s:
         row.extend([None] * (s + 1 - len(row)))
@@ -188,7 +190,8 @@ class UnitState:
 
     @classmethod
     def unpack(cls, blob: bytes) -> UnitState:
-        """A state from any stored format (3, 2 or 1: told apart by the flags byte)."""
+        """A state from any stored format (3, 2 or 1: told apart by the flags byte); a
+        format-3 blob of the wrong length (its time is last) raises ``struct.error``."""
         f = blob[1]
         if f & FORMAT_3:
             if f & WIDE_COUNTS:
@@ -198,7 +201,7 @@ class UnitState:
             i = 3 + k
             j = i + v
             if f & F64_TIME:
-                values = _narrow_d(k, v, (len(blob) - 11 - 8 * k - 4 * v) >> 3).unpack_from(blob)
+                values = _narrow_d(k, v, (len(blob) - 11 - 8 * k - 4 * v) >> 3).unpack(blob)
                 return cls(values[0], f & 15, values[-1], values[3:i], values[j:-1],
                            values[i:j])
             s = (len(blob) - 8 - 8 * k - 4 * v) >> 3  # the common case
@@ -206,7 +209,7 @@ class UnitState:
                 st = _UNPACK[c][s]
             except IndexError:
                 st = None
-            values = (st or _narrow(_UNPACK, c, s)).unpack_from(blob)
+            values = (st or _narrow(_UNPACK, c, s)).unpack(blob)
             return cls(values[0], f & 15, ((values[-2] | values[-1] << 32) + EPOCH_MS) / 1000.0,
                        values[3:i], values[j:-2], values[i:j])
         if f & FORMAT_2:
@@ -228,9 +231,9 @@ def _unpack_wide(cls: type[UnitState], blob: bytes, f: int) -> UnitState:
     i = 4 + k
     j = i + v
     if f & F64_TIME:
-        values = _wide_d(k, v, (len(blob) - 14 - 8 * k - 4 * v) >> 3).unpack_from(blob)
+        values = _wide_d(k, v, (len(blob) - 14 - 8 * k - 4 * v) >> 3).unpack(blob)
         return cls(values[0], f & 15, values[-1], values[4:i], values[j:-1], values[i:j])
-    values = _wide_u40(k, v, (len(blob) - 11 - 8 * k - 4 * v) >> 3).unpack_from(blob)
+    values = _wide_u40(k, v, (len(blob) - 11 - 8 * k - 4 * v) >> 3).unpack(blob)
     return cls(values[0], f & 15, ((values[-2] | values[-1] << 32) + EPOCH_MS) / 1000.0,
                values[4:i], values[j:-2], values[i:j])
 

@@ -175,3 +175,13 @@ def test_format_1_blobs_read_the_same_without_their_crc_ids(s: UnitState,
     back = UnitState.unpack(pack_format_1(st1, tuple(crcs)))
     assert same(back, st1) and back.legacy_ids == len(crcs)
     assert same(UnitState.unpack(back.pack()), st1)
+
+
+def test_a_format_3_blob_of_the_wrong_length_is_refused_not_misread() -> None:
+    for s in (UnitState(1, 0, 1.7e9, (1.0, 2.0), (7,)), UnitState(1, 0, 1.7e9 + 1e-6, (1.0,) * 20)):
+        blob = s.pack()
+        for bad in (blob[:-1], blob + b"\x00", blob[:-4]):
+            with pytest.raises(struct.error):
+                UnitState.unpack(bad)
+    with pytest.raises(struct.error):  # shorter than its own header and columns
+        UnitState.unpack(bytes([0, FORMAT_3, 0x30, 0, 0]))
