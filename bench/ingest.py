@@ -1,6 +1,7 @@
 """Ingest benchmarks: worker vs a bare kafka-python consumer, and Redis bytes per unit.
 
-Run: ``python -m bench.ingest [--units N] [--memory-units N]``. Starts its own broker and Redis.
+Run: ``python -m bench.ingest [--units N] [--memory-units N] [--memory-only]``. Starts its own
+broker and Redis (only Redis with ``--memory-only``).
 Both consumers read the same topics in the same run, so the ratio is fair on a noisy machine.
 """
 
@@ -212,8 +213,13 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true", help="also 1, 2 and 3 worker processes")
     ap.add_argument("--profile", action="store_true", help="also a py-spy profile")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory figure")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the memory figure (no broker, no throughput runs)")
     args = ap.parse_args()
-    out = {"throughput": throughput(args.units, scaling=args.scaling, profiled=args.profile)}
+    out: dict[str, Any] = {}
+    if not args.memory_only:
+        out["throughput"] = throughput(args.units, scaling=args.scaling,
+                                       profiled=args.profile)
     if not args.no_memory:
         out["memory"] = memory_only(args.memory_units)
     print(json.dumps(out, indent=1))

@@ -159,7 +159,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
         lines += ["## Memory", "",
                   f"- Redis bytes per (experiment, unit), 1 metric + 1 covariate, "
                   f"{mem['units']:,} units, {mem['partitions']} partitions × {mem['buckets']} "
-                  f"buckets: **{mem['bytes_per_unit']:.1f} B** (goal ≤ 64 B)", ""]
+                  f"buckets: **{mem['bytes_per_unit']:.1f} B** (goal ≤ 48.6 B, issue 15)", ""]
     eff = r.get("efficiency", {})
     if "hillstrom" in eff:
         lines += ["## Statistical efficiency (CI width relative to `diff`)", "",

@@ -89,7 +89,7 @@ class DefinitionLimits:
 
 
 DEFAULT_LIMITS: Final = DefinitionLimits()
-# what the packed unit state can hold: u8 column count, u8 variation index (state/units.py)
+# what any process handles: a u8 variation index (state/units.py), 1,024 columns (an 8 MB matrix)
 CEILINGS: Final = DefinitionLimits(max_variations=255, max_metrics=255, max_ratios=1024,
                                    max_covariates=255, max_candidates=255, max_columns=1024,
                                    max_definition_bytes=64 * 1_048_576)

@@ -25,7 +25,7 @@ from state.limits import CEILINGS
 from state.registry import REGISTRY_KEY, VERSION_KEY, Registry
 from state.results import experiment_document, experiment_matrices
 from state.store import Client, read_counters
-from state.units import UnitState, pack_format_1
+from state.units import FORMAT_2, FORMAT_3, UnitState, pack_format_1
 from state.warnings import experiment_warnings
 from stream.messages import Event, Exposure, encode_event, encode_exposure
 from tests.support.workers import WorkerThread as Worker
@@ -420,7 +420,10 @@ def test_event_ids_colliding_in_crc32_both_count_and_memory_is_bounded(
                                  "busy") for p in range(s.partitions)
                      if client.hexists(keys.units(p, "ids", keys.bucket_of(
                          "busy", s.unit_buckets)), "busy"))
-    assert blob_busy is not None and len(blob_busy) == 14 + 8 * 3 + 8 * cap
+    # format 3: 3 B header, 3 columns, the cap of 64-bit ids, the u40 millisecond time
+    assert blob_busy is not None and len(blob_busy) == 3 + 8 * 3 + 8 * cap + 5
+    blob_old = client.hget(bucket, "old")  # the format-1 state, written back in format 3
+    assert isinstance(blob_old, bytes) and blob_old[1] & (FORMAT_3 | FORMAT_2) == FORMAT_3
     d = Registry(client).get("ids")
     assert d is not None
     assert "event_ids_evicted" in codes(experiment_document(client, d))
