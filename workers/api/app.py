@@ -36,8 +36,9 @@ queue behind a recomputation); ``freshness.computed_at`` in every answer says ho
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -92,13 +93,15 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if api.lag is not None:
             api.lag.start()
-        if recorder is not None:
-            recorder.start()
+        recording = (asyncio.get_running_loop().create_task(recorder.run_through(
+            gate.run_admitted)) if recorder is not None else None)  # through the gate
         try:
             yield
         finally:
-            if recorder is not None:
-                recorder.stop()
+            if recording is not None:
+                recording.cancel()
+                with suppress(asyncio.CancelledError):
+                    await recording
             if api.lag is not None:
                 api.lag.stop()
 
