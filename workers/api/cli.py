@@ -43,7 +43,7 @@ def _serve_with(args: argparse.Namespace, settings: Settings) -> int:
               f"  dashboard: http://{shown}:{port}/?token={generated}", file=sys.stderr,
               flush=True)
     app = create_app(settings, auth=auth, lag_interval=None if args.no_lag else args.lag_interval,
-                     record_history=not args.no_history)
+                     record_history=not args.no_history, compute_processes=True)
     # A computation thread holding the GIL delays the event loop by up to one switch interval
     # per hand-over; 1 ms instead of 5 ms keeps /healthz and cached answers prompt.
     sys.setswitchinterval(0.001)

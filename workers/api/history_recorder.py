@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from state import history
 from state.definition import ExperimentDef
@@ -44,11 +44,17 @@ class HistoryRecorder:
     """Records history at the start of every interval (:meth:`run_through`)."""
 
     def __init__(self, client: Client, interval: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 snapshot_of: Callable[[ExperimentDef, float], dict[str, Any]] | None = None
+                 ) -> None:
         self.client = client
         self.registry = Registry(client)
         self.interval = interval
         self.clock = clock
+        self.snapshot_of = snapshot_of if snapshot_of is not None else self._snapshot
+
+    def _snapshot(self, d: ExperimentDef, now: float) -> dict[str, Any]:
+        return history.snapshot(experiment_document(self.client, d), now)
 
     def due(self, now: float) -> list[ExperimentDef]:
         """The experiments to record at ``now``: running and active."""
@@ -57,12 +63,13 @@ class HistoryRecorder:
     def record_one(self, d: ExperimentDef, now: float) -> bool:
         """Record ``d``'s snapshot if this process wins the interval; ``True`` if it did."""
         try:
-            snap = history.record_due(self.client, d.id, now, self.interval,
-                                      partial(experiment_document, self.client, d))
+            c = history.claim(self.client, d.id, now, self.interval)
+            if c is None:  # another process has this interval
+                return False
+            return history.record(self.client, c, self.snapshot_of(d, now), self.interval)
         except Exception:  # one broken experiment must not stop the others' history
             log.exception("recording history of %s failed", d.id)
             return False
-        return snap is not None
 
     def record_once(self, now: float | None = None) -> int:
         """Try every running experiment once; the number of snapshots this call recorded."""
