@@ -123,6 +123,7 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                     "anytime-valid confidence intervals, posterior means, SRM checks. "
                     "Authenticate with `Authorization: Bearer <token>` (read or admin scope).")
     app.state.api = api
+    app.state.compute = processes  # None: documents computed in the gate's threads
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes,
                        setting="LIFTSTREAM_API_MAX_BODY_BYTES")
     app.add_middleware(MetricsMiddleware, metrics=request_metrics)  # counts the 413s too

@@ -109,6 +109,12 @@ class ComputeProcesses:
                     raise
         raise AssertionError("unreachable")
 
+    def pids(self) -> list[int]:
+        """The running children's process ids."""
+        pool = self._pool
+        procs: dict[int, Any] = getattr(pool, "_processes", None) or {}
+        return [p for p, proc in procs.items() if proc.is_alive()]
+
     def stop(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
