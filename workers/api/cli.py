@@ -56,8 +56,8 @@ def _serve_with(args: argparse.Namespace, settings: Settings) -> int:
 def freeze_startup_heap() -> None:
     """Move every object alive after start-up (modules, FastAPI, numpy, scipy: ~120k
     objects) to the permanent generation, so a full collection walks only what requests
-    created. A full collection holds the GIL throughout: without this, each took 40-120 ms
-    while a result document was being computed, stalling the event loop (``/healthz``)."""
+    created. A full collection holds the GIL throughout (40-120 ms each, measured while
+    documents were computed in this process), stalling the event loop (``/healthz``)."""
     import gc
 
     gc.collect()

@@ -60,8 +60,10 @@ class HistoryRecorder:
         """The experiments to record at ``now``: running and active."""
         return [d for d in self.registry.list() if d.status == "running" and d.is_active(now)]
 
-    def record_one(self, d: ExperimentDef, now: float) -> bool:
-        """Record ``d``'s snapshot if this process wins the interval; ``True`` if it did."""
+    def record_one(self, d: ExperimentDef, now: float | None = None) -> bool:
+        """Record ``d``'s snapshot (taken at ``now``, default: when this runs) if this process
+        wins the interval; ``True`` if it did."""
+        now = self.clock() if now is None else now
         try:
             c = history.claim(self.client, d.id, now, self.interval)
             if c is None:  # another process has this interval
@@ -90,7 +92,7 @@ class HistoryRecorder:
             try:
                 due = await run(partial(self.due, now))
                 for d in due:
-                    await run(partial(self.record_one, d, now))
+                    await run(partial(self.record_one, d))  # timed when it computes
             except Exception as exc:  # Redis down: try again next interval
                 log.warning("recording history failed: %s", exc)
             await asyncio.sleep(self.delay())
