@@ -8,8 +8,10 @@ import os
 import signal
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from state.definition import parse_definition
@@ -18,7 +20,13 @@ from state.store import connect
 from workers.api.app import Auth, create_app
 from workers.settings import Settings
 
-from .apikit import DirectIngest, Population, experiment_definition, experiment_messages
+from .apikit import (
+    DirectIngest,
+    Population,
+    api_server,
+    experiment_definition,
+    experiment_messages,
+)
 
 VOLATILE = ("computed_at", "last_event_age_seconds")
 
@@ -70,3 +78,36 @@ def test_a_killed_child_is_replaced(redis_url: str) -> None:
         r = a.get("/v1/experiments/proc/results?alpha=0.02")
         assert r.status_code == 200 and r.json()["query"]["alpha"] == 0.02
         assert not set(app.state.compute.pids()) & set(pids)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_children_end_with_the_api_process(redis_url: str, tmp_path: Path) -> None:
+    """``liftstream api`` computes in a child; stopped (SIGTERM) or killed (SIGKILL), the API
+    process leaves no child behind."""
+    s = _loaded(redis_url)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with api_server(s, tmp_path, "--insecure", "--no-lag") as server:
+            r = httpx.get(server.url + "/v1/experiments/proc/results", timeout=60)
+            assert r.status_code == 200 and r.json()["slices"]
+            kids = [c for c in _children(server.proc.pid)
+                    if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+            assert len(kids) == s.api_compute_threads
+            server.proc.send_signal(sig)  # our own child process, by its handle
+            server.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(c) for c in kids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(c) for c in kids), f"compute child outlived {sig.name}"

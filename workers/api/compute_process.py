@@ -16,7 +16,9 @@ history snapshot (small). A child that dies is replaced and the computation retr
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -38,11 +40,22 @@ _client: Client | None = None
 
 
 def _init(settings: Settings) -> None:
-    """In the child: its own Redis client (bounded timeouts, like the API's)."""
+    """In the child: its own Redis client (bounded timeouts, like the API's), and a watch
+    that ends the child when the API process is gone (even SIGKILLed: a spawned child holds
+    both ends of its task pipe, so it would otherwise wait for work forever)."""
     from workers.api.state import api_client
 
     global _client
     _client = api_client(settings)
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch",
+                     daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(0)
 
 
 def _redis() -> Client:
@@ -116,7 +129,12 @@ class ComputeProcesses:
         return [p for p, proc in procs.items() if proc.is_alive()]
 
     def stop(self) -> None:
+        """Shut the children down (a computation still running is abandoned)."""
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        if pool is None:
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:  # our own children, by their handles
+            proc.terminate()
