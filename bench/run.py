@@ -119,7 +119,11 @@ def healthz_section(h: Any, command: str = "make bench") -> list[str]:
             f"{h['healthz_p50_ms']} ms, max {h['healthz_max_ms']} ms over "
             f"{h['healthz_probes']} probes; idle: p99 {h['healthz_idle_p99_ms']} ms",
             f"- results answered: {h['results_answered']}, refused 503 `busy`: "
-            f"{h['results_busy_503']}", ""]
+            f"{h['results_busy_503']}",
+            "- documents are computed in child processes (`workers/api/compute_process.py`): "
+            "computed in a thread of the API process (until `465f0c9`), the thread was "
+            "preempted by the OS while holding the GIL and stalled the event loop (p99 "
+            "38–398 ms)", ""]
 
 
 def markdown(r: dict[str, Any], command: str) -> str:

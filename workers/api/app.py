@@ -36,8 +36,9 @@ queue behind a recomputation); ``freshness.computed_at`` in every answer says ho
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -47,6 +48,7 @@ from state.store import Client
 from stream.lag import LagMonitor
 from workers.api.auth import Auth, require_admin, require_read, resolve_auth
 from workers.api.cache import ComputeGate, SingleFlightCache
+from workers.api.compute_process import ComputeProcesses, history_snapshot
 from workers.api.docs import install_docs
 from workers.api.errors import ApiError, install_error_handlers
 from workers.api.experiments import experiments_router
@@ -63,9 +65,12 @@ __all__ = ["ApiError", "Auth", "create_app", "resolve_auth", "shape_results"]
 
 
 def create_app(settings: Settings, *, auth: Auth | None = None, client: Client | None = None,
-               lag_interval: float | None = 5.0, record_history: bool = False) -> FastAPI:
+               lag_interval: float | None = 5.0, record_history: bool = False,
+               compute_processes: bool = False) -> FastAPI:
     """The FastAPI application; ``lag_interval=None`` disables the Kafka lag monitor;
-    ``record_history`` records result history while the app runs (``liftstream api`` does)."""
+    ``record_history`` records result history while the app runs; ``compute_processes``
+    computes documents in child processes instead of threads (:mod:`.compute_process`;
+    ``liftstream api`` does both)."""
     client = client if client is not None else api_client(settings)
     metrics_registry = CollectorRegistry(auto_describe=False)
     ttl = settings.results_cache_seconds
@@ -85,20 +90,30 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     request_metrics = RequestMetrics(metrics_registry)
     metrics_registry.register(IngestCollector(api))
 
-    recorder = (HistoryRecorder(client, settings.alert_interval_seconds)
+    processes = (ComputeProcesses(settings, settings.api_compute_threads)
+                 if compute_processes else None)
+    recorder = (HistoryRecorder(client, settings.alert_interval_seconds,
+                                snapshot_of=None if processes is None else
+                                lambda d, now: processes.call(history_snapshot, d, now))
                 if record_history else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if api.lag is not None:
             api.lag.start()
-        if recorder is not None:
-            recorder.start()
+        if processes is not None:
+            processes.start()
+        recording = (asyncio.get_running_loop().create_task(recorder.run_through(
+            gate.run_admitted)) if recorder is not None else None)  # through the gate
         try:
             yield
         finally:
-            if recorder is not None:
-                recorder.stop()
+            if recording is not None:
+                recording.cancel()
+                with suppress(asyncio.CancelledError):
+                    await recording
+            if processes is not None:
+                processes.stop()
             if api.lag is not None:
                 api.lag.stop()
 
@@ -108,6 +123,7 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
                     "anytime-valid confidence intervals, posterior means, SRM checks. "
                     "Authenticate with `Authorization: Bearer <token>` (read or admin scope).")
     app.state.api = api
+    app.state.compute = processes  # None: documents computed in the gate's threads
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes,
                        setting="LIFTSTREAM_API_MAX_BODY_BYTES")
     app.add_middleware(MetricsMiddleware, metrics=request_metrics)  # counts the 413s too
@@ -116,7 +132,7 @@ def create_app(settings: Settings, *, auth: Auth | None = None, client: Client |
     install_error_handlers(app)
     app.include_router(ops_router(api, metrics_registry))
     app.include_router(experiments_router(api))
-    app.include_router(results_router(api, gate))
+    app.include_router(results_router(api, gate, processes))
 
     document_errors(app, read=require_read, admin=require_admin,
                     definition_routes={"create_experiment", "replace_experiment"},

@@ -15,6 +15,7 @@ from state.definition import ExperimentDef
 from state.results import experiment_document_with
 from workers.api.auth import Read
 from workers.api.cache import ComputeGate
+from workers.api.compute_process import ComputeProcesses, results_body
 from workers.api.errors import ApiError
 from workers.api.openapi import RESULTS_SCHEMA
 from workers.api.params import EstimatorName, ExperimentId
@@ -33,23 +34,34 @@ def _check_dimension(d: ExperimentDef | None, experiment_id: str, by: str) -> No
                        f"{', '.join(names) or 'none'})")
 
 
-def results_router(api: ApiState, gate: ComputeGate) -> APIRouter:
-    """The result endpoints: current results (cached, shaped) and history."""
+def results_router(api: ApiState, gate: ComputeGate,
+                   processes: ComputeProcesses | None = None) -> APIRouter:
+    """The result endpoints: current results (cached, shaped) and history; documents are
+    computed in ``processes`` when given, else in the gate's threads."""
     router = APIRouter()
 
     # -- results --------------------------------------------------------------------------
     def compute(experiment_id: str, alpha: float | None, correction: str | None,
                 by: str | None = None) -> CachedResult | None:
-        d = api.registry.get(experiment_id)
-        if d is None:
-            return None
-        corr: Any = correction
-        doc = experiment_document_with(api.client, d, corr, alpha, by)
-        body = msgspec.json.encode(doc)
+        top: dict[str, Any]
+        if processes is not None:  # the document built and encoded in a child process
+            got = processes.call(results_body, experiment_id, alpha, correction, by)
+            if got is None:
+                return None
+            d, body = got
+            top = msgspec.json.decode(body, type=dict[str, msgspec.Raw])  # top level only
+        else:
+            found = api.registry.get(experiment_id)
+            if found is None:
+                return None
+            d = found
+            corr: Any = correction
+            top = experiment_document_with(api.client, d, corr, alpha, by)
+            body = msgspec.json.encode(top)
         fresh = document.first_freshness(body)
         res = CachedResult(d, body, time.time(),
                            fresh.last_event_ts if fresh is not None else None)
-        encode(res, None, True, alpha, correction, doc)  # here, in the worker thread
+        encode(res, None, True, alpha, correction, top)  # here, in the worker thread
         return res
 
     def encode(res: CachedResult, estimator: str | None, sequential: bool,

@@ -4,4 +4,5 @@ import sys
 
 from workers.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned child (the API's compute processes) imports it
+    sys.exit(main())
