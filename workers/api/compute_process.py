@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -46,6 +47,9 @@ def _init(settings: Settings) -> None:
     from workers.api.state import api_client
 
     global _client
+    # Ctrl-C reaches the whole process group: the API shuts its children down itself (a
+    # child interrupted in its task loop would print a traceback)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _client = api_client(settings)
     parent = os.getppid()
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch",
