@@ -3,7 +3,9 @@
 Per owned partition *p* (of both co-partitioned topics) the worker claims a new owner epoch
 in Redis, seeks both topic-partitions to the offsets stored in Redis, and applies every
 polled batch with one Lua call that fences on that epoch and those offsets. Kafka commits are
-made only so consumer lag can be monitored; they are never read back.
+made only so consumer lag can be monitored; they are never read back. The consumer polls in a
+process of its own (:mod:`stream.fetch_process`): the next batch is fetched while this one is
+built and applied.
 
 Faults the worker rides out, never exiting:
 
@@ -12,6 +14,8 @@ Faults the worker rides out, never exiting:
   ``offsets_out_of_range``) until an offsets reset, which it notices and seeks to;
 * side outputs (dead letters, training examples) the broker does not acknowledge: the batch is
   not applied, counted (``refused_side_outputs``), and read again from the stored offsets;
+* the fetch process dying: its partitions are released and a new one is started (counted,
+  ``fetch_process_restarts``);
 * Redis refusing commands (OOM at ``maxmemory``, READONLY, BUSY, script errors): logged,
   counted (``redis_errors_<kind>``, written once Redis accepts writes), retried after a
   bounded exponential back-off with the partitions kept; lost connections: wait and resume.
