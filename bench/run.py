@@ -163,7 +163,8 @@ def markdown(r: dict[str, Any], command: str) -> str:
         lines += ["## Memory", "",
                   f"- Redis bytes per (experiment, unit), 1 metric + 1 covariate, "
                   f"{mem['units']:,} units, {mem['partitions']} partitions × {mem['buckets']} "
-                  f"buckets: **{mem['bytes_per_unit']:.1f} B** (goal ≤ 48.6 B, issue 15)", ""]
+                  f"buckets: **{mem['bytes_per_unit']:.1f} B** ({_memory_goal(mem['units'])})",
+                  ""]
     eff = r.get("efficiency", {})
     if "hillstrom" in eff:
         lines += ["## Statistical efficiency (CI width relative to `diff`)", "",
@@ -207,6 +208,15 @@ def markdown(r: dict[str, Any], command: str) -> str:
     secs = r.get("_seconds", {})
     lines += ["Time per part: " + ", ".join(f"{k} {v} s" for k, v in secs.items()), ""]
     return "\n".join(lines)
+
+
+def _memory_goal(units: int) -> str:
+    """Issue 15's goal is stated at 1,000,000 units; with fewer units per bucket hash the
+    per-key overhead weighs more, so a smaller run is not compared with it."""
+    if units >= 1_000_000:
+        return "goal ≤ 48.6 B, issue 15"
+    return ("the goal, ≤ 48.6 B, is for 1,000,000 units (`make bench`): fewer units per bucket "
+            "hash carry more of the per-key overhead")
 
 
 def main() -> int:
