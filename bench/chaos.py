@@ -253,19 +253,15 @@ def kill_workers(broker: Broker, redis_server: RedisServer, units: int, kills: i
                  seed: int) -> Tally:
     c = Cluster(broker, redis_server, f"kill{seed}")
     w = workload(units, seed)
-    rng = random.Random(seed)
-    for _ in range(2):
-        c.start_worker()
-    pub = c.publish(w.messages, rate=len(w.messages) / max(5.0, kills * 2.5))
-    for _ in range(kills):
-        time.sleep(rng.uniform(1.0, 3.0))
+
+    def kill_one(rng: random.Random) -> bool:
         victims = c.alive()
         if victims:
             os.killpg(rng.choice(victims).pid, signal.SIGKILL)
         c.start_worker()
-    pub.join()
-    c.wait_applied(len(w.messages), timeout=240)
-    c.stop_all()
+        return True
+
+    _under_kills(c, w, kills, seed, 2.5, (1.0, 3.0), kill_one)
     return tally("worker SIGKILL", c, w, f"({kills} kills)")
 
 
@@ -274,21 +270,33 @@ def fetch_kills(broker: Broker, redis_server: RedisServer, units: int, kills: in
     """SIGKILL the fetch process (stream/fetch_process.py) of a live worker, not the worker."""
     c = Cluster(broker, redis_server, f"fetch{seed}")
     w = workload(units, seed)
-    rng = random.Random(seed)
-    for _ in range(2):
-        c.start_worker()
-    pub = c.publish(w.messages, rate=len(w.messages) / max(5.0, kills * 2.0))
-    done = 0
-    while done < kills:
-        time.sleep(rng.uniform(0.5, 2.0))
+
+    def kill_one(rng: random.Random) -> bool:
         children = [pid for p in c.alive() for pid in _children(p.pid)]
         if children:
             os.kill(rng.choice(children), signal.SIGKILL)
-            done += 1
+        return bool(children)
+
+    _under_kills(c, w, kills, seed, 2.0, (0.5, 2.0), kill_one)
+    return tally("fetch process SIGKILL", c, w, f"({kills} kills)")
+
+
+def _under_kills(c: Cluster, w: Workload, kills: int, seed: int, seconds_per_kill: float,
+                 gap: tuple[float, float], kill_one: Callable[[random.Random], bool]) -> None:
+    """Two workers; the workload published over ``kills × seconds_per_kill`` s while
+    ``kill_one`` kills, a random ``gap`` apart, until it has killed ``kills`` times; then
+    until every message is applied."""
+    rng = random.Random(seed)
+    for _ in range(2):
+        c.start_worker()
+    pub = c.publish(w.messages, rate=len(w.messages) / max(5.0, kills * seconds_per_kill))
+    done = 0
+    while done < kills:
+        time.sleep(rng.uniform(*gap))
+        done += kill_one(rng)
     pub.join()
     c.wait_applied(len(w.messages), timeout=240)
     c.stop_all()
-    return tally("fetch process SIGKILL", c, w, f"({kills} kills)")
 
 
 def _children(pid: int) -> list[int]:

@@ -89,26 +89,12 @@ def _whole(k: int, v: int, s: int) -> struct.Struct:
     return struct.Struct(f"<BBdHH{k}d{v}I{s}Q")
 
 
-# Format-3 structs, one per (counts width, time width, k, v, s); a "d" time also packs the
-# double 2**52 + ms, whose three constant high bytes are then dropped (the u40 ms).
-@lru_cache(maxsize=1024)
-def _narrow_d(k: int, v: int, s: int) -> struct.Struct:
-    return struct.Struct(f"<BBB{k}d{v}I{s}Qd")
-
-
-@lru_cache(maxsize=1024)
-def _narrow_u40(k: int, v: int, s: int) -> struct.Struct:
-    return struct.Struct(f"<BBB{k}d{v}I{s}QIB")
-
-
-@lru_cache(maxsize=1024)
-def _wide_d(k: int, v: int, s: int) -> struct.Struct:
-    return struct.Struct(f"<BBHH{k}d{v}I{s}Qd")
-
-
-@lru_cache(maxsize=1024)
-def _wide_u40(k: int, v: int, s: int) -> struct.Struct:
-    return struct.Struct(f"<BBHH{k}d{v}I{s}QIB")
+@lru_cache(maxsize=4096)
+def _format_3(counts: str, time: str, k: int, v: int, s: int) -> struct.Struct:
+    """A format-3 state as one struct: ``counts`` ``B`` (nibbles) or ``HH``, ``time`` ``d``
+    (an f64, or the double 2**52 + ms whose three constant high bytes pack then drops) or
+    ``IB`` (the u40 ms, unpacking)."""
+    return struct.Struct(f"<BB{counts}{k}d{v}I{s}Q{time}")
 
 
 # The common state's structs (counts byte c = k << 4 | v, u40 ms) by c and the number s of
@@ -117,7 +103,9 @@ _PACK: list[list[struct.Struct | None]] = [[] for _ in range(256)]
 _UNPACK: list[list[struct.Struct | None]] = [[] for _ in range(256)]
 
 
-def _narrow(table: list[list[struct.Struct | None]], c: int, s: int) -> struct.Struct:
+def _common(table: list[list[struct.Struct | None]], time: str, c: int, s: int
+            ) -> struct.Struct:
+    """``_format_3("B", time, …)`` for counts byte ``c``, kept in ``table``."""
     if s < 0:
         raise struct.error(f"unit state: {s} remembered ids (a blob too short)")
     row = table[c]
@@ -125,7 +113,7 @@ def _narrow(table: list[list[struct.Struct | None]], c: int, s: int) -> struct.S
         row.extend([None] * (s + 1 - len(row)))
     built = row[s]
     if built is None:
-        built = row[s] = (_narrow_d if table is _PACK else _narrow_u40)(c >> 4, c & 15, s)
+        built = row[s] = _format_3("B", time, c >> 4, c & 15, s)
     return built
 
 
@@ -171,9 +159,9 @@ class UnitState:
                     st = _PACK[c][len(seen)]
                 except IndexError:
                     st = None
-                return (st or _narrow(_PACK, c, len(seen))).pack(
+                return (st or _common(_PACK, "d", c, len(seen))).pack(
                     self.variation, flags | FORMAT_3, c, *raw, *versions, *seen, y)[:-3]
-            return _narrow_d(k, v, len(seen)).pack(
+            return _format_3("B", "d", k, v, len(seen)).pack(
                 self.variation, flags | (FORMAT_3 | F64_TIME), c, *raw, *versions, *seen, t)
         if not 0 <= flags < 16:
             raise ValueError(f"unit state flags {flags:#x}: bits {_RESERVED:#x} are the "
@@ -181,7 +169,7 @@ class UnitState:
         if k > MAX_COLUMNS or v > MAX_COLUMNS:
             raise ValueError(f"unit state: {k} columns and {v} model versions; at most "
                              f"{MAX_COLUMNS} each fit the stored format")
-        wide = _wide_d(k, v, len(seen))  # flags < 16 here, so k or v is 16 or more
+        wide = _format_3("HH", "d", k, v, len(seen))  # flags < 16 here, so k or v is 16 or more
         if exact:
             return wide.pack(self.variation, flags | (FORMAT_3 | WIDE_COUNTS), k, v, *raw,
                              *versions, *seen, y)[:-3]
@@ -201,7 +189,8 @@ class UnitState:
             i = 3 + k
             j = i + v
             if f & F64_TIME:
-                values = _narrow_d(k, v, (len(blob) - 11 - 8 * k - 4 * v) >> 3).unpack(blob)
+                s = (len(blob) - 11 - 8 * k - 4 * v) >> 3
+                values = _format_3("B", "d", k, v, s).unpack(blob)
                 return cls(values[0], f & 15, values[-1], values[3:i], values[j:-1],
                            values[i:j])
             s = (len(blob) - 8 - 8 * k - 4 * v) >> 3  # the common case
@@ -209,7 +198,7 @@ class UnitState:
                 st = _UNPACK[c][s]
             except IndexError:
                 st = None
-            values = (st or _narrow(_UNPACK, c, s)).unpack(blob)
+            values = (st or _common(_UNPACK, "IB", c, s)).unpack(blob)
             return cls(values[0], f & 15, ((values[-2] | values[-1] << 32) + EPOCH_MS) / 1000.0,
                        values[3:i], values[j:-2], values[i:j])
         if f & FORMAT_2:
@@ -231,9 +220,10 @@ def _unpack_wide(cls: type[UnitState], blob: bytes, f: int) -> UnitState:
     i = 4 + k
     j = i + v
     if f & F64_TIME:
-        values = _wide_d(k, v, (len(blob) - 14 - 8 * k - 4 * v) >> 3).unpack(blob)
+        values = _format_3("HH", "d", k, v, (len(blob) - 14 - 8 * k - 4 * v) >> 3).unpack(blob)
         return cls(values[0], f & 15, values[-1], values[4:i], values[j:-1], values[i:j])
-    values = _wide_u40(k, v, (len(blob) - 11 - 8 * k - 4 * v) >> 3).unpack(blob)
+    values = _format_3("HH", "IB", k, v, (len(blob) - 11 - 8 * k - 4 * v) >> 3).unpack(
+        blob)
     return cls(values[0], f & 15, ((values[-2] | values[-1] << 32) + EPOCH_MS) / 1000.0,
                values[4:i], values[j:-2], values[i:j])
 

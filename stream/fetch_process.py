@@ -194,10 +194,9 @@ class FetchProcess:
             raise FetchProcessDied(f"fetch process: unexpected message {msg[0]!r}")
 
     # -- the end ---------------------------------------------------------------------------
-    def close(self, autocommit: bool = False) -> None:
-        """Leave the group and end the child (killed after ``CLOSE_TIMEOUT_S``); answers and
-        events still on their way are read and dropped."""
-        del autocommit  # never: the durable offsets live in Redis
+    def close(self) -> None:
+        """Leave the group (no commit: the durable offsets live in Redis) and end the child
+        (killed after ``CLOSE_TIMEOUT_S``); answers and events on their way are dropped."""
         deadline = time.monotonic() + CLOSE_TIMEOUT_S
         try:
             self._send(("close",))

@@ -365,7 +365,7 @@ class IngestWorker(Refusals, OffsetGuard):
             self.models.stop()
         if self.consumer is not None:
             try:
-                self.consumer.close(autocommit=False)
+                self.consumer.close()
             except Exception as exc:
                 log.debug("consumer close: %s", exc)
             self.consumer = None
